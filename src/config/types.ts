@@ -1,0 +1,101 @@
+/**
+ * The parsed `/etc/coco-decoder/config.toml`. Parsing and validation live in `load.ts`; every other module
+ * receives this typed, fully-defaulted object.
+ */
+import type { TeeType } from '../attest/attester.js';
+
+export type TeeSelection = 'auto' | TeeType;
+export type TeeKeyAlgorithm = 'ec-p256' | 'rsa-oaep-256';
+export type KbsProtocol = 'auto' | '0.4.0' | '0.2.0';
+export type LogLevel = 'error' | 'warn' | 'info' | 'debug';
+
+export interface KbsConfig {
+  /** Base URL of the KBS, e.g. `https://kbs.example:8080`. Unset: attestation-agent layers fail with a clear message. */
+  url: string | undefined;
+  /** PEM file with CA certificate(s) trusted for the KBS, in addition to the system CAs. */
+  cert: string | undefined;
+  /** Plain `http://` is refused unless this is true. */
+  allowHttp: boolean;
+  /** Deadline of every single HTTP request. */
+  timeoutMs: number;
+  /** Overall budget for getting one key (all retries included). */
+  totalTimeoutMs: number;
+  teeKeyAlgorithm: TeeKeyAlgorithm;
+  /** `auto`: start with 0.4.0 and fall back to 0.2.0 on trustee's version-mismatch 401. */
+  protocol: KbsProtocol;
+}
+
+export interface AttestationConfig {
+  tee: TeeSelection;
+  /** SEV-SNP VMPL requested in the report. */
+  snpVmpl: number;
+  /** Injectable paths (tests, unusual kernels). */
+  configfsTsmRoot: string;
+  tdxGuestDevice: string;
+  sevGuestDevice: string;
+  ccelPath: string;
+  /** Where the N-API addon is looked for before falling back to the copy embedded in the executable. */
+  addonPath: string;
+}
+
+export interface CacheConfig {
+  /** tmpfs directory for the token and the key it is bound to (0700, root). */
+  dir: string;
+  /** Refresh the token this long before its `exp`. */
+  refreshMarginSeconds: number;
+  /** How long a process waits for another one's attestation before giving up. */
+  lockTimeoutMs: number;
+}
+
+export interface LogConfig {
+  level: LogLevel;
+  /** Audit log file: one line per decrypted layer. */
+  file: string | undefined;
+  /** Also send audit lines to syslog/journald through /dev/log. */
+  syslog: boolean;
+  format: 'text' | 'json';
+}
+
+export interface KeyProviderConfig {
+  /** Per-call deadline for external `cmd`/`grpc` key providers. */
+  timeoutMs: number;
+}
+
+export interface Config {
+  /** The file it was read from, or undefined when defaults were used (no file). */
+  source: string | undefined;
+  kbs: KbsConfig;
+  attestation: AttestationConfig;
+  cache: CacheConfig;
+  log: LogConfig;
+  keyprovider: KeyProviderConfig;
+}
+
+export const DEFAULT_CONFIG_PATH = '/etc/coco-decoder/config.toml';
+
+export function defaultConfig(): Config {
+  return {
+    source: undefined,
+    kbs: {
+      url: undefined,
+      cert: undefined,
+      allowHttp: false,
+      timeoutMs: 10_000,
+      totalTimeoutMs: 60_000,
+      teeKeyAlgorithm: 'ec-p256',
+      protocol: 'auto',
+    },
+    attestation: {
+      tee: 'auto',
+      snpVmpl: 0,
+      configfsTsmRoot: '/sys/kernel/config/tsm/report',
+      tdxGuestDevice: '/dev/tdx_guest',
+      sevGuestDevice: '/dev/sev-guest',
+      ccelPath: '/sys/firmware/acpi/tables/data/CCEL',
+      addonPath: '/usr/lib/coco-decoder/tee.node',
+    },
+    cache: { dir: '/run/coco-decoder', refreshMarginSeconds: 30, lockTimeoutMs: 60_000 },
+    log: { level: 'error', file: undefined, syslog: false, format: 'text' },
+    keyprovider: { timeoutMs: 30_000 },
+  };
+}
