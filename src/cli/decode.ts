@@ -1,0 +1,298 @@
+/**
+ * Stream-processor mode: what containerd runs for every encrypted layer, as it runs `ctd-decoder` (spec §2). The
+ * payload (layer descriptor + decrypt parameters) comes on fd 3, ciphertext on stdin, plaintext goes to stdout.
+ * Every failure is one line on stderr and exit code 1. Imports are kept light: this starts once per layer.
+ */
+import { fstatSync } from 'node:fs';
+import { Socket, type SocketConstructorOpts } from 'node:net';
+import type { Writable } from 'node:stream';
+import type { Config, LogLevel } from '../config/types.js';
+import { LayerDecipher, decryptLayerFd, decryptLayerStream } from '../ocicrypt/layer-decipher.js';
+import { checkPublicOptions, layerCipherOptions, parsePrivateOptions, publicOptionsFromAnnotations } from '../ocicrypt/options.js';
+import type { DecryptParameters, UnwrapAudit } from '../ocicrypt/keywrap/keywrapper.js';
+import { layerKeySchemes, unwrapLayerKey } from '../ocicrypt/unwrap-layer-key.js';
+import { buildKeyWrappers } from '../ocicrypt/keywrap/registry.js';
+import { readPayloadFd } from '../streamprocessor/fd3.js';
+import { checkLayerMediaType } from '../streamprocessor/mediatype.js';
+import { decodePayload } from '../streamprocessor/payload.js';
+import { DecoderError, describeError } from '../util/errors.js';
+import { VERSION } from '../version.js';
+
+/** Unwrapping may attest to a KBS or run key providers; it must still end. Extended to the configured budgets. */
+const UNWRAP_DEADLINE_MS = 120_000;
+/** Plaintext that may be queued ahead of a slow reader of stdout (bounded memory, keeps the CPU busy meanwhile). */
+const STDOUT_BUFFER_BYTES = 1024 * 1024;
+/** Once `run` has settled, a leaked handle must not keep the process (and containerd's unpack) waiting. */
+const EXIT_GRACE_MS = 5_000;
+
+const LOG_LEVELS: readonly LogLevel[] = ['error', 'warn', 'info', 'debug'];
+
+export const USAGE = `Usage: coco-decoder [options]          (containerd stream processor, drop-in for ctd-decoder)
+       coco-decoder evidence [options]  (print this TEE's attestation evidence)
+       coco-decoder doctor [options]    (check the TEE, configuration and KBS reachability)
+
+As a stream processor, coco-decoder reads the encrypted layer on stdin, the layer descriptor from containerd on
+fd 3, and writes the decrypted layer to stdout. Keys come from --decryption-keys-path, from the payload, from
+key providers ($OCICRYPT_KEYPROVIDER_CONFIG) or, for provider:attestation-agent layers, from the KBS configured in
+the config file (attesting in-process).
+
+Options:
+  --decryption-keys-path DIR  load private keys and certificates from DIR (as ctd-decoder)
+  --config FILE               config file (default: $COCO_DECODER_CONFIG, else /etc/coco-decoder/config.toml)
+  --log-level LEVEL           error, warn, info or debug (default: error, or the config file's log.level for
+                              key-provider layers, the only ones that read the config)
+  --version                   print the version and exit
+  -h, --help                  print this help and exit
+
+Run "coco-decoder <subcommand> --help" for the options of evidence and doctor.
+`;
+
+export interface DecodeArgs {
+  keysPath: string | undefined;
+  configPath: string | undefined;
+  logLevel: LogLevel | undefined;
+  help: boolean;
+  version: boolean;
+}
+
+const STRING_FLAGS = new Set(['decryption-keys-path', 'config', 'log-level']);
+const BOOL_FLAGS = new Set(['help', 'h', 'version', 'v']);
+
+function parseBool(name: string, value: string): boolean {
+  if (/^(1|t|true)$/i.test(value)) return true;
+  if (/^(0|f|false)$/i.test(value)) return false;
+  throw new DecoderError(`invalid boolean value "${value}" for -${name}`);
+}
+
+/**
+ * Go `flag`/urfave syntax: `-name v`, `--name v`, `-name=v`, `--name=v`; the last occurrence wins; parsing stops at
+ * the first positional argument or `--`; positional arguments are ignored except urfave's `help`/`h`.
+ */
+export function parseDecodeArgs(argv: readonly string[]): DecodeArgs {
+  const args: DecodeArgs = { keysPath: undefined, configPath: undefined, logLevel: undefined, help: false, version: false };
+  let i = 0;
+  for (; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === '--') {
+      i++;
+      break;
+    }
+    if (arg.length < 2 || !arg.startsWith('-')) break;
+    const body = arg.startsWith('--') ? arg.slice(2) : arg.slice(1);
+    const eq = body.indexOf('=');
+    const name = eq >= 0 ? body.slice(0, eq) : body;
+    if (name === '' || name.startsWith('-')) throw new DecoderError(`bad flag syntax: ${arg}`);
+    if (BOOL_FLAGS.has(name)) {
+      const on = eq >= 0 ? parseBool(name, body.slice(eq + 1)) : true;
+      if (name === 'help' || name === 'h') args.help = on;
+      else args.version = on;
+      continue;
+    }
+    if (!STRING_FLAGS.has(name)) throw new DecoderError(`flag provided but not defined: -${name}`);
+    let value: string;
+    if (eq >= 0) value = body.slice(eq + 1);
+    else if (i + 1 < argv.length) value = argv[++i]!;
+    else throw new DecoderError(`flag needs an argument: -${name}`);
+    if (name === 'decryption-keys-path') args.keysPath = value;
+    else if (name === 'config') args.configPath = value;
+    else {
+      if (!(LOG_LEVELS as readonly string[]).includes(value)) {
+        throw new DecoderError(`invalid value "${value}" for -log-level: use ${LOG_LEVELS.join(', ')}`);
+      }
+      args.logLevel = value as LogLevel;
+    }
+  }
+  const first = argv[i];
+  if (first === 'help' || first === 'h') args.help = true;
+  return args;
+}
+
+/** ctd-decoder's `CombineCryptoConfigs([keysDir, payload])`: per parameter name, keys-directory entries first. */
+export function mergeParameters(first: DecryptParameters, second: DecryptParameters): DecryptParameters {
+  const out: DecryptParameters = {};
+  for (const source of [first, second]) {
+    for (const [name, list] of Object.entries(source)) {
+      const merged = Object.hasOwn(out, name) ? [...out[name]!, ...list] : [...list];
+      Object.defineProperty(out, name, { value: merged, enumerable: true, writable: true, configurable: true });
+    }
+  }
+  return out;
+}
+
+function zeroParameters(params: DecryptParameters): void {
+  for (const list of Object.values(params)) for (const b of list) b?.fill(0);
+}
+
+/** stderr logger; the level comes from --log-level, else from the config once it is loaded. Default: errors only. */
+class Logger {
+  constructor(public level: LogLevel) {}
+  log(level: LogLevel, msg: string): void {
+    if (LOG_LEVELS.indexOf(level) <= LOG_LEVELS.indexOf(this.level)) {
+      process.stderr.write(`coco-decoder: ${level}: ${msg.replace(/\s*\n\s*/g, ' ')}\n`);
+    }
+  }
+}
+
+/** An abort signal for the unwrap phase whose deadline can only grow. */
+class Deadline {
+  readonly controller = new AbortController();
+  #timer: NodeJS.Timeout | undefined;
+  #ms = 0;
+  extendTo(ms: number): void {
+    if (ms <= this.#ms) return;
+    this.#ms = ms;
+    clearTimeout(this.#timer);
+    this.#timer = setTimeout(() => this.controller.abort(new DecoderError(`deadline of ${ms} ms exceeded`)), ms);
+    this.#timer.unref();
+  }
+  clear(): void {
+    clearTimeout(this.#timer);
+  }
+}
+
+const isPipe = (fd: number): boolean => {
+  const st = fstatSync(fd);
+  return st.isFIFO() || st.isSocket();
+};
+
+/**
+ * stdout for the plaintext. Node makes `process.stdout` on a pipe blocking, which stalls decryption whenever
+ * containerd is slow to read; a non-blocking socket on fd 1 lets us decrypt ahead by up to STDOUT_BUFFER_BYTES.
+ * Files and TTYs (manual runs) keep `process.stdout`. Never use both on one fd: they would fight over O_NONBLOCK.
+ */
+function openStdout(): { out: Writable; close: () => void } {
+  if (isPipe(1)) {
+    // Node's Socket passes stream options through to Duplex; @types/node does not declare them.
+    const opts: SocketConstructorOpts & { writableHighWaterMark: number } = {
+      fd: 1,
+      readable: false,
+      writable: true,
+      writableHighWaterMark: STDOUT_BUFFER_BYTES,
+    };
+    const sock = new Socket(opts);
+    return { out: sock, close: () => sock.destroy() };
+  }
+  // A late error must not surface as an uncaught exception; the decipher reports write errors itself.
+  process.stdout.on('error', () => {});
+  return { out: process.stdout, close: () => {} };
+}
+
+/** stdin (ciphertext) to stdout: containerd's pipes read with a reused buffer, anything else as a stream. */
+async function decryptStdio(decipher: LayerDecipher): Promise<number> {
+  const stdout = openStdout();
+  try {
+    return isPipe(0)
+      ? await decryptLayerFd(0, stdout.out, decipher)
+      : await decryptLayerStream(process.stdin, stdout.out, decipher);
+  } finally {
+    stdout.close();
+  }
+}
+
+/** The digest comes from untrusted JSON: show it only if it looks like one, else quoted and bounded. */
+function printableDigest(digest: string): string {
+  if (/^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{1,256}$/.test(digest)) return digest;
+  return JSON.stringify(digest.length > 80 ? `${digest.slice(0, 80)}...` : digest);
+}
+
+async function decodeLayer(args: DecodeArgs, logger: Logger, setDigest: (d: string) => void): Promise<void> {
+  const payloadBytes = await readPayloadFd();
+  const payload = decodePayload(payloadBytes);
+  payloadBytes.fill(0); // ctr-enc payloads carry private keys
+  const { descriptor } = payload;
+  setDigest(descriptor.digest);
+  checkLayerMediaType(descriptor.mediaType);
+  const pub = publicOptionsFromAnnotations(descriptor.annotations);
+  checkPublicOptions(pub);
+
+  let params = payload.params;
+  if (args.keysPath !== undefined) {
+    const { loadKeysDirectory } = await import('../ocicrypt/keys/keysdir.js');
+    let dirParams: DecryptParameters;
+    try {
+      dirParams = await loadKeysDirectory(args.keysPath, (m) => logger.log('warn', m));
+    } catch (err) {
+      const cause = describeError(err);
+      const stage = 'unable to get decryption keys in provided key path';
+      throw cause.startsWith(stage) ? err : new DecoderError(cause, { stage, cause: err });
+    }
+    params = mergeParameters(dirParams, params);
+  }
+
+  const deadline = new Deadline();
+  deadline.extendTo(UNWRAP_DEADLINE_MS);
+  let config: Promise<Config> | undefined;
+  const getConfig = (): Promise<Config> => {
+    config ??= import('../config/load.js')
+      .then(({ loadConfig }) => loadConfig({ path: args.configPath, env: process.env }))
+      .then((cfg) => {
+        if (args.logLevel === undefined) logger.level = cfg.log.level;
+        deadline.extendTo(cfg.kbs.totalTimeoutMs + cfg.keyprovider.timeoutMs + 10_000);
+        return cfg;
+      });
+    return config;
+  };
+
+  const audit: UnwrapAudit = {};
+  let privopts: Buffer;
+  try {
+    const wrappers = await buildKeyWrappers(layerKeySchemes(descriptor.annotations), {
+      env: process.env,
+      warn: (m) => logger.log('warn', m),
+      getConfig,
+    });
+    privopts = await unwrapLayerKey(wrappers, descriptor.annotations, {
+      params,
+      layerDigest: descriptor.digest,
+      signal: deadline.controller.signal,
+      audit,
+    });
+  } finally {
+    deadline.clear();
+    zeroParameters(params);
+  }
+
+  const priv = parsePrivateOptions(privopts);
+  privopts.fill(0);
+  let decipher: LayerDecipher;
+  try {
+    decipher = new LayerDecipher(layerCipherOptions(pub, priv));
+  } finally {
+    priv.symkey?.fill(0);
+  }
+  logger.log('debug', `layer ${printableDigest(descriptor.digest)}: key unwrapped (scheme ${audit.scheme ?? '?'}${audit.kid ? `, kid ${audit.kid}` : ''})`);
+
+  const bytes = await decryptStdio(decipher);
+  logger.log('info', `layer ${printableDigest(descriptor.digest)}: decrypted ${bytes} bytes`);
+}
+
+export async function run(argv: string[]): Promise<number> {
+  let args: DecodeArgs;
+  try {
+    args = parseDecodeArgs(argv);
+  } catch (err) {
+    process.stderr.write(`coco-decoder: ${describeError(err)} (see --help)\n`);
+    return 1;
+  }
+  if (args.help) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  if (args.version) {
+    process.stdout.write(`coco-decoder ${VERSION}\n`);
+    return 0;
+  }
+
+  const logger = new Logger(args.logLevel ?? 'error');
+  let digest: string | undefined;
+  let code = 0;
+  try {
+    await decodeLayer(args, logger, (d) => (digest = d));
+  } catch (err) {
+    code = 1;
+    const where = digest ? `layer ${printableDigest(digest)}: ` : '';
+    process.stderr.write(`coco-decoder: ${where}${describeError(err)}\n`);
+  }
+  setTimeout(() => process.exit(code), EXIT_GRACE_MS).unref();
+  return code;
+}

@@ -1,0 +1,111 @@
+/**
+ * ocicrypt's `decryptLayerKeyOptsData` (spec §7): find the private layer options in the layer's
+ * `org.opencontainers.image.enc.keys.<scheme>` annotations. Upstream iterates a Go map (random order); we try the
+ * schemes in the fixed order of `wrappers`, which is compatible since any success is equally valid.
+ */
+import { decodeStdBase64 } from '../streamprocessor/gojson.js';
+import { DecoderError, describeError, oneLine } from '../util/errors.js';
+import { ANNOTATION_PREFIX, annotationFor, type KeyWrapper, type UnwrapContext } from './keywrap/keywrapper.js';
+
+const STAGE = 'call to DecryptLayer failed';
+const MISSING_KEY = 'missing private key needed for decryption';
+const NO_UNWRAPPER = 'no suitable key unwrapper found or none of the private keys could be used for decryption';
+
+/** The key-wrap schemes a layer has annotations for (`jwe`, `pkcs7`, `provider.attestation-agent`, ...). */
+export function layerKeySchemes(annotations: Record<string, string>): string[] {
+  return Object.keys(annotations)
+    .filter((k) => k.startsWith(ANNOTATION_PREFIX) && k.length > ANNOTATION_PREFIX.length && annotations[k] !== '')
+    .map((k) => k.slice(ANNOTATION_PREFIX.length));
+}
+
+/**
+ * ocicrypt's `preUnwrapKey`: the annotation is a comma-separated list of std-base64 blobs, each tried in order.
+ * Returns the privopts bytes, null when no entry was addressed to us, or throws the scheme's summary error.
+ */
+async function unwrapScheme(wrapper: KeyWrapper, b64: string, ctx: UnwrapContext): Promise<Buffer | null> {
+  const entryErrors: string[] = [];
+  for (const item of b64.split(',')) {
+    const entry = decodeStdBase64(item);
+    if (entry === null) throw new Error('could not base64 decode the annotation');
+    ctx.signal.throwIfAborted();
+    try {
+      const optsData = await wrapper.unwrap(entry, ctx);
+      if (optsData !== null) return optsData;
+    } catch (err) {
+      if (ctx.signal.aborted) throw err;
+      entryErrors.push(describeError(err));
+    }
+  }
+  if (entryErrors.length === 0) return null;
+  throw new Error(`no suitable key found for decrypting layer key: ${entryErrors.join('; ')}`);
+}
+
+/**
+ * Returns the privopts JSON of the layer, or throws one DecoderError with ocicrypt's summary message followed by
+ * the collected causes, all on one line.
+ */
+export async function unwrapLayerKey(
+  wrappers: readonly KeyWrapper[],
+  annotations: Record<string, string>,
+  ctx: UnwrapContext,
+): Promise<Buffer> {
+  const present = new Set(layerKeySchemes(annotations));
+  if (present.size === 0) {
+    throw new DecoderError(`${MISSING_KEY}: the layer has no ${ANNOTATION_PREFIX}* annotation`, { stage: STAGE });
+  }
+  let privKeyGiven = false;
+  let usableSchemePresent = false;
+  const causes: string[] = [];
+  const withoutKeys: string[] = [];
+  const unsupported: string[] = [];
+
+  for (const wrapper of wrappers) {
+    if (!present.has(wrapper.scheme)) continue;
+    present.delete(wrapper.scheme);
+    const b64 = annotations[annotationFor(wrapper.scheme)]!;
+    if (!wrapper.supported) {
+      unsupported.push(wrapper.scheme);
+      continue;
+    }
+    usableSchemePresent = true;
+    if (wrapper.noPossibleKeys(ctx.params)) {
+      withoutKeys.push(wrapper.scheme);
+      continue;
+    }
+    if (wrapper.hasPrivateKeys(ctx.params)) privKeyGiven = true;
+    ctx.signal.throwIfAborted();
+    try {
+      const optsData = await unwrapScheme(wrapper, b64, ctx);
+      if (optsData !== null) {
+        ctx.audit.scheme ??= wrapper.scheme;
+        return optsData;
+      }
+    } catch (err) {
+      if (ctx.signal.aborted) {
+        throw new DecoderError(`timed out unwrapping the layer key (scheme ${wrapper.scheme})`, { stage: STAGE, cause: err });
+      }
+      causes.push(oneLine(err instanceof Error ? err.message : String(err)));
+    }
+  }
+
+  if (!usableSchemePresent && unsupported.length > 0) {
+    throw new DecoderError(
+      `the layer key is wrapped only with ${unsupported.join(', ')}, which coco-decoder does not support; ` +
+        're-encrypt the image for jwe, pkcs7 or a key provider (e.g. provider:attestation-agent)',
+      { stage: STAGE },
+    );
+  }
+  if (withoutKeys.length > 0) {
+    causes.push(`no private key was given for ${withoutKeys.join(', ')} (see --decryption-keys-path)`);
+  }
+  if (unsupported.length > 0) causes.push(`${unsupported.join(', ')} not supported by coco-decoder`);
+  for (const scheme of present) {
+    causes.push(
+      scheme.startsWith('provider.')
+        ? `key provider "${scheme.slice('provider.'.length)}" is not configured (OCICRYPT_KEYPROVIDER_CONFIG)`
+        : `unknown key-wrap scheme "${scheme}"`,
+    );
+  }
+  const summary = privKeyGiven ? NO_UNWRAPPER : MISSING_KEY;
+  throw new DecoderError(causes.length > 0 ? `${summary}: ${causes.join('; ')}` : summary, { stage: STAGE });
+}

@@ -1,0 +1,123 @@
+/**
+ * Reading containerd's payload from fd 3 safely (spec §2.6). containerd passes fd 3 only when it has a payload for
+ * the processor id; otherwise Node's own libuv descriptors (`anon_inode:[eventpoll]`) sit at fd 3 and reading them
+ * would block or return garbage. So: probe first, then read with a size bound and a deadline.
+ */
+import fs from 'node:fs';
+import net from 'node:net';
+import { DecoderError } from '../util/errors.js';
+
+export const PAYLOAD_FD = 3;
+/** Real payloads are a few KiB (a descriptor with wrapped keys); anything near this is not a payload. */
+export const PAYLOAD_MAX_BYTES = 16 * 1024 * 1024;
+/** containerd writes the payload from a goroutine right after start; a pipe that never reaches EOF is not it. */
+export const PAYLOAD_TIMEOUT_MS = 10_000;
+
+export type PayloadFdKind = 'fifo' | 'socket' | 'file';
+export type PayloadFdProbe = { present: true; kind: PayloadFdKind } | { present: false; reason: string };
+
+const STAGE = 'read payload';
+
+/** Why there is no fd 3, phrased for the operator who has to fix containerd's config. */
+export const MISSING_PAYLOAD_HELP =
+  'containerd passes the layer descriptor on fd 3 only to the stream processors with ids ' +
+  '"io.containerd.ocicrypt.decoder.v1.tar" and "io.containerd.ocicrypt.decoder.v1.tar.gzip" ' +
+  '(for zstd layers, add "application/vnd.oci.image.layer.v1.tar+zstd+encrypted" to the accepts of the tar.gzip ' +
+  'processor instead of defining a tar.zstd one), and only for pulls that carry decryption options ' +
+  '(containerd 2.x CRI: only with use_local_image_pull = true, from 2.1.7/2.2.2; plain ctr never sends it)';
+
+/** Decides whether `fd` is a payload descriptor containerd gave us, without reading from it. */
+export function probePayloadFd(fd: number = PAYLOAD_FD): PayloadFdProbe {
+  let st: fs.Stats;
+  try {
+    st = fs.fstatSync(fd);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? 'error';
+    return { present: false, reason: `fd ${fd} is not open (${code})` };
+  }
+  let target: string | undefined;
+  try {
+    target = fs.readlinkSync(`/proc/self/fd/${fd}`);
+  } catch {
+    // No /proc: fall back to the fstat type alone (libuv's epoll/eventfd are neither FIFOs nor files).
+  }
+  if (target?.startsWith('anon_inode:')) {
+    return { present: false, reason: `fd ${fd} is the runtime's own ${target}, not a pipe from containerd` };
+  }
+  if (st.isFIFO()) return { present: true, kind: 'fifo' };
+  if (st.isSocket()) return { present: true, kind: 'socket' };
+  if (st.isFile()) return { present: true, kind: 'file' };
+  return { present: false, reason: `fd ${fd} is ${target ?? 'not a pipe'}, not a payload pipe` };
+}
+
+export interface ReadPayloadOptions {
+  fd?: number;
+  maxBytes?: number;
+  timeoutMs?: number;
+}
+
+function tooLarge(maxBytes: number): DecoderError {
+  return new DecoderError(`payload on fd 3 exceeds ${maxBytes} bytes; not a containerd payload`, { stage: STAGE });
+}
+
+function readRegularFile(fd: number, maxBytes: number): Buffer {
+  const chunks: Buffer[] = [];
+  let total = 0;
+  for (;;) {
+    const chunk = Buffer.allocUnsafe(64 * 1024);
+    const n = fs.readSync(fd, chunk, 0, chunk.length, null);
+    if (n === 0) break;
+    total += n;
+    if (total > maxBytes) throw tooLarge(maxBytes);
+    chunks.push(chunk.subarray(0, n));
+  }
+  fs.closeSync(fd);
+  return Buffer.concat(chunks, total);
+}
+
+/** Pipes and sockets go through libuv's non-blocking stream, so the deadline can actually interrupt the read. */
+function readStream(fd: number, maxBytes: number, timeoutMs: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const sock = new net.Socket({ fd, readable: true, writable: false });
+    const chunks: Buffer[] = [];
+    let total = 0;
+    const fail = (err: Error): void => {
+      clearTimeout(timer);
+      sock.destroy();
+      reject(err);
+    };
+    const timer = setTimeout(
+      () => fail(new DecoderError(`no EOF on fd 3 within ${timeoutMs} ms; not a containerd payload pipe`, { stage: STAGE })),
+      timeoutMs,
+    );
+    sock.on('data', (chunk: Buffer) => {
+      total += chunk.length;
+      if (total > maxBytes) return fail(tooLarge(maxBytes));
+      chunks.push(chunk);
+    });
+    sock.on('end', () => {
+      clearTimeout(timer);
+      sock.destroy();
+      resolve(Buffer.concat(chunks, total));
+    });
+    sock.on('error', (err) =>
+      fail(new DecoderError(`read configFd: ${err.message}`, { stage: STAGE, cause: err })),
+    );
+  });
+}
+
+/**
+ * Reads the whole payload from fd 3. Throws a one-line DecoderError (`read payload: …`) when fd 3 is absent, too
+ * large, or never reaches EOF.
+ */
+export async function readPayloadFd(options: ReadPayloadOptions = {}): Promise<Buffer> {
+  const fd = options.fd ?? PAYLOAD_FD;
+  const maxBytes = options.maxBytes ?? PAYLOAD_MAX_BYTES;
+  const timeoutMs = options.timeoutMs ?? PAYLOAD_TIMEOUT_MS;
+  const probe = probePayloadFd(fd);
+  if (!probe.present) {
+    throw new DecoderError(`no payload: ${probe.reason}; ${MISSING_PAYLOAD_HELP}`, { stage: STAGE });
+  }
+  if (probe.kind === 'file') return readRegularFile(fd, maxBytes);
+  return readStream(fd, maxBytes, timeoutMs);
+}
