@@ -37,6 +37,9 @@ async function unwrapScheme(wrapper: KeyWrapper, b64: string, ctx: UnwrapContext
     }
   }
   if (entryErrors.length === 0) return null;
+  // A key provider's own cause (KBS unreachable, policy denial, ...) is the clearest message; local schemes keep
+  // ocicrypt's wording, which runbooks grep for.
+  if (wrapper.scheme.startsWith('provider.')) throw new Error(`${wrapper.scheme}: ${entryErrors.join('; ')}`);
   throw new Error(`no suitable key found for decrypting layer key: ${entryErrors.join('; ')}`);
 }
 
@@ -55,6 +58,7 @@ export async function unwrapLayerKey(
   }
   let privKeyGiven = false;
   let usableSchemePresent = false;
+  let attemptedAndFailed = false;
   const causes: string[] = [];
   const withoutKeys: string[] = [];
   const unsupported: string[] = [];
@@ -84,6 +88,7 @@ export async function unwrapLayerKey(
       if (ctx.signal.aborted) {
         throw new DecoderError(`timed out unwrapping the layer key (scheme ${wrapper.scheme})`, { stage: STAGE, cause: err });
       }
+      attemptedAndFailed = true;
       causes.push(oneLine(err instanceof Error ? err.message : String(err)));
     }
   }
@@ -105,6 +110,11 @@ export async function unwrapLayerKey(
         ? `key provider "${scheme.slice('provider.'.length)}" is not configured (OCICRYPT_KEYPROVIDER_CONFIG)`
         : `unknown key-wrap scheme "${scheme}"`,
     );
+  }
+  // ocicrypt says "missing private key" whenever no local key was given, even when a key provider (a KBS) was
+  // asked and failed; that misleads the reader of a pull error, so then the provider's own cause leads.
+  if (!privKeyGiven && attemptedAndFailed) {
+    throw new DecoderError(causes.join('; '), { stage: STAGE });
   }
   const summary = privKeyGiven ? NO_UNWRAPPER : MISSING_KEY;
   throw new DecoderError(causes.length > 0 ? `${summary}: ${causes.join('; ')}` : summary, { stage: STAGE });

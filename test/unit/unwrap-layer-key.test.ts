@@ -119,12 +119,11 @@ describe('ocicrypt summary messages, on one line', () => {
     expect(msg).not.toContain('\n');
   });
 
-  it('uses "missing private key needed for decryption" when only key-less schemes (providers) were asked', async () => {
+  it('leads with the key provider\'s own cause when only key-less schemes (providers) were asked and failed', async () => {
+    // ocicrypt would say "missing private key needed for decryption" here, which misleads when a KBS denied the key.
     const provider = fake('provider.kp', { keysParam: '', answers: { W: { error: 'Error while running command: /x. stderr: boom: exit status 3' } } });
     const msg = await errorOf(unwrapLayerKey([provider], { [annotationFor('provider.kp')]: b64('W') }, ctx({})));
-    expect(msg).toBe(
-      'call to DecryptLayer failed: missing private key needed for decryption: no suitable key found for decrypting layer key: Error while running command: /x. stderr: boom: exit status 3',
-    );
+    expect(msg).toBe('call to DecryptLayer failed: provider.kp: Error while running command: /x. stderr: boom: exit status 3');
   });
 
   it('a provider answering null for every entry is "missing private key" without causes', async () => {
