@@ -3,19 +3,22 @@
  * payload (layer descriptor + decrypt parameters) comes on fd 3, ciphertext on stdin, plaintext goes to stdout.
  * Every failure is one line on stderr and exit code 1. Imports are kept light: this starts once per layer.
  */
-import { fstatSync } from 'node:fs';
+import { existsSync, fstatSync } from 'node:fs';
 import { Socket, type SocketConstructorOpts } from 'node:net';
 import type { Writable } from 'node:stream';
+import { DEFAULT_CONFIG_PATH } from '../config/types.js';
 import type { Config, LogLevel } from '../config/types.js';
 import { LayerDecipher, decryptLayerFd, decryptLayerStream } from '../ocicrypt/layer-decipher.js';
 import { checkPublicOptions, layerCipherOptions, parsePrivateOptions, publicOptionsFromAnnotations } from '../ocicrypt/options.js';
-import type { DecryptParameters, UnwrapAudit } from '../ocicrypt/keywrap/keywrapper.js';
+import type { DecryptParameters, KeyWrapper, UnwrapAudit } from '../ocicrypt/keywrap/keywrapper.js';
 import { layerKeySchemes, unwrapLayerKey } from '../ocicrypt/unwrap-layer-key.js';
 import { buildKeyWrappers } from '../ocicrypt/keywrap/registry.js';
 import { readPayloadFd } from '../streamprocessor/fd3.js';
 import { checkLayerMediaType } from '../streamprocessor/mediatype.js';
 import { decodePayload } from '../streamprocessor/payload.js';
 import { DecoderError, describeError } from '../util/errors.js';
+import { LOG_LEVELS, createLogger, isLogLevel } from '../util/log.js';
+import type { Logger } from '../util/log.js';
 import { VERSION } from '../version.js';
 
 /** Unwrapping may attest to a KBS or run key providers; it must still end. Extended to the configured budgets. */
@@ -25,11 +28,12 @@ const STDOUT_BUFFER_BYTES = 1024 * 1024;
 /** Once `run` has settled, a leaked handle must not keep the process (and containerd's unpack) waiting. */
 const EXIT_GRACE_MS = 5_000;
 
-const LOG_LEVELS: readonly LogLevel[] = ['error', 'warn', 'info', 'debug'];
+/** As in config/load.ts (not imported from there: that module pulls in the TOML parser). */
+const CONFIG_ENV = 'COCO_DECODER_CONFIG';
 
 export const USAGE = `Usage: coco-decoder [options]          (containerd stream processor, drop-in for ctd-decoder)
        coco-decoder evidence [options]  (print this TEE's attestation evidence)
-       coco-decoder doctor [options]    (check the TEE, configuration and KBS reachability)
+       coco-decoder doctor [options]    (check config, TEE, KBS, attestation, containerd and cache setup)
 
 As a stream processor, coco-decoder reads the encrypted layer on stdin, the layer descriptor from containerd on
 fd 3, and writes the decrypted layer to stdout. Keys come from --decryption-keys-path, from the payload, from
@@ -39,8 +43,8 @@ the config file (attesting in-process).
 Options:
   --decryption-keys-path DIR  load private keys and certificates from DIR (as ctd-decoder)
   --config FILE               config file (default: $COCO_DECODER_CONFIG, else /etc/coco-decoder/config.toml)
-  --log-level LEVEL           error, warn, info or debug (default: error, or the config file's log.level for
-                              key-provider layers, the only ones that read the config)
+  --log-level LEVEL           error, warn, info or debug (default: the config file's log.level, else error:
+                              a successful layer prints nothing on stderr)
   --version                   print the version and exit
   -h, --help                  print this help and exit
 
@@ -96,10 +100,10 @@ export function parseDecodeArgs(argv: readonly string[]): DecodeArgs {
     if (name === 'decryption-keys-path') args.keysPath = value;
     else if (name === 'config') args.configPath = value;
     else {
-      if (!(LOG_LEVELS as readonly string[]).includes(value)) {
+      if (!isLogLevel(value)) {
         throw new DecoderError(`invalid value "${value}" for -log-level: use ${LOG_LEVELS.join(', ')}`);
       }
-      args.logLevel = value as LogLevel;
+      args.logLevel = value;
     }
   }
   const first = argv[i];
@@ -121,16 +125,6 @@ export function mergeParameters(first: DecryptParameters, second: DecryptParamet
 
 function zeroParameters(params: DecryptParameters): void {
   for (const list of Object.values(params)) for (const b of list) b?.fill(0);
-}
-
-/** stderr logger; the level comes from --log-level, else from the config once it is loaded. Default: errors only. */
-class Logger {
-  constructor(public level: LogLevel) {}
-  log(level: LogLevel, msg: string): void {
-    if (LOG_LEVELS.indexOf(level) <= LOG_LEVELS.indexOf(this.level)) {
-      process.stderr.write(`coco-decoder: ${level}: ${msg.replace(/\s*\n\s*/g, ' ')}\n`);
-    }
-  }
 }
 
 /** An abort signal for the unwrap phase whose deadline can only grow. */
@@ -195,12 +189,86 @@ function printableDigest(digest: string): string {
   return JSON.stringify(digest.length > 80 ? `${digest.slice(0, 80)}...` : digest);
 }
 
-async function decodeLayer(args: DecodeArgs, logger: Logger, setDigest: (d: string) => void): Promise<void> {
+/** What the audit log records about a layer, filled in as decoding proceeds. */
+interface LayerFacts {
+  digest?: string;
+  mediaType?: string;
+  bytes?: number;
+  /** Filled in by the key-wrap schemes (scheme, kid, token from cache). */
+  readonly unwrap: UnwrapAudit;
+  /** The scheme whose unwrap returned the layer key. */
+  winner?: string;
+}
+
+/**
+ * The wrappers, noting which one actually produced the key: a scheme tried earlier may have filled `ctx.audit`
+ * (e.g. the attestation-agent sets its kid before failing) and the audit log must not credit it with the layer.
+ */
+function recordingWinner(wrappers: readonly KeyWrapper[], facts: LayerFacts): KeyWrapper[] {
+  return wrappers.map((w) => ({
+    scheme: w.scheme,
+    supported: w.supported,
+    noPossibleKeys: (params) => w.noPossibleKeys(params),
+    hasPrivateKeys: (params) => w.hasPrivateKeys(params),
+    unwrap: async (entry, ctx) => {
+      const out = await w.unwrap(entry, ctx);
+      if (out !== null) facts.winner = w.scheme;
+      return out;
+    },
+  }));
+}
+
+/** The audit fields of the scheme that unwrapped the key (kid and cache flag only if they are its own). */
+function unwrapFacts(facts: LayerFacts): UnwrapAudit {
+  const scheme = facts.winner ?? facts.unwrap.scheme;
+  if (facts.unwrap.scheme !== scheme) return { scheme };
+  return { scheme, kid: facts.unwrap.kid, tokenFromCache: facts.unwrap.tokenFromCache };
+}
+
+/**
+ * The config file. Read for every layer when there is one, since its `log.*` settings (level, audit log) apply to
+ * every layer; without a file (the default path is absent) nothing is loaded unless a key-provider layer needs the
+ * defaults. A config that does not load fails only the layers that need it (key providers, the KBS), exactly as
+ * before the audit log existed; for the others it just means its log settings are not applied.
+ */
+class ConfigSource {
+  readonly #path: string | undefined;
+  readonly #early: Promise<Config | undefined>;
+  #full: Promise<Config> | undefined;
+
+  constructor(path: string | undefined, env: NodeJS.ProcessEnv) {
+    this.#path = path;
+    const named = (path !== undefined && path !== '') || (env[CONFIG_ENV] ?? '') !== '';
+    this.#early = named || existsSync(DEFAULT_CONFIG_PATH) ? this.#load() : Promise.resolve(undefined);
+    this.#early.catch(() => undefined);
+  }
+
+  #load(): Promise<Config> {
+    return import('../config/load.js').then(({ loadConfig }) => loadConfig({ path: this.#path, env: process.env }));
+  }
+
+  /** The config if a file was read; undefined when there is none. Rejects when it does not load. */
+  early(): Promise<Config | undefined> {
+    return this.#early;
+  }
+
+  /** The config, or the defaults when there is no file; rejects with the load error (a one-line DecoderError). */
+  get(): Promise<Config> {
+    this.#full ??= this.#early.then((cfg) => cfg ?? this.#load());
+    return this.#full;
+  }
+}
+
+async function decodeLayer(args: DecodeArgs, logger: Logger, configs: ConfigSource, facts: LayerFacts): Promise<void> {
   const payloadBytes = await readPayloadFd();
   const payload = decodePayload(payloadBytes);
   payloadBytes.fill(0); // ctr-enc payloads carry private keys
   const { descriptor } = payload;
-  setDigest(descriptor.digest);
+  facts.digest = descriptor.digest;
+  facts.mediaType = descriptor.mediaType;
+  // The config was read while fd 3 was; its log.level must be in force before the first warning.
+  const early = await configs.early().catch(() => undefined);
+  if (early && args.logLevel === undefined) logger.level = early.log.level;
   checkLayerMediaType(descriptor.mediaType);
   const pub = publicOptionsFromAnnotations(descriptor.annotations);
   checkPublicOptions(pub);
@@ -210,7 +278,7 @@ async function decodeLayer(args: DecodeArgs, logger: Logger, setDigest: (d: stri
     const { loadKeysDirectory } = await import('../ocicrypt/keys/keysdir.js');
     let dirParams: DecryptParameters;
     try {
-      dirParams = await loadKeysDirectory(args.keysPath, (m) => logger.log('warn', m));
+      dirParams = await loadKeysDirectory(args.keysPath, (m) => logger.warn(m));
     } catch (err) {
       const cause = describeError(err);
       const stage = 'unable to get decryption keys in provided key path';
@@ -221,27 +289,22 @@ async function decodeLayer(args: DecodeArgs, logger: Logger, setDigest: (d: stri
 
   const deadline = new Deadline();
   deadline.extendTo(UNWRAP_DEADLINE_MS);
-  let config: Promise<Config> | undefined;
-  const getConfig = (): Promise<Config> => {
-    config ??= import('../config/load.js')
-      .then(({ loadConfig }) => loadConfig({ path: args.configPath, env: process.env }))
-      .then((cfg) => {
-        if (args.logLevel === undefined) logger.level = cfg.log.level;
-        deadline.extendTo(cfg.kbs.totalTimeoutMs + cfg.keyprovider.timeoutMs + 10_000);
-        return cfg;
-      });
-    return config;
-  };
+  const getConfig = (): Promise<Config> =>
+    configs.get().then((cfg) => {
+      if (args.logLevel === undefined) logger.level = cfg.log.level;
+      deadline.extendTo(cfg.kbs.totalTimeoutMs + cfg.keyprovider.timeoutMs + 10_000);
+      return cfg;
+    });
 
-  const audit: UnwrapAudit = {};
+  const audit = facts.unwrap;
   let privopts: Buffer;
   try {
     const wrappers = await buildKeyWrappers(layerKeySchemes(descriptor.annotations), {
       env: process.env,
-      warn: (m) => logger.log('warn', m),
+      warn: (m) => logger.warn(m),
       getConfig,
     });
-    privopts = await unwrapLayerKey(wrappers, descriptor.annotations, {
+    privopts = await unwrapLayerKey(recordingWinner(wrappers, facts), descriptor.annotations, {
       params,
       layerDigest: descriptor.digest,
       signal: deadline.controller.signal,
@@ -260,13 +323,48 @@ async function decodeLayer(args: DecodeArgs, logger: Logger, setDigest: (d: stri
   } finally {
     priv.symkey?.fill(0);
   }
-  logger.log('debug', `layer ${printableDigest(descriptor.digest)}: key unwrapped (scheme ${audit.scheme ?? '?'}${audit.kid ? `, kid ${audit.kid}` : ''})`);
+  // Field values are quoted and bounded by the logger: the digest is untrusted input.
+  const layer = descriptor.digest;
+  logger.debug('layer key unwrapped', { layer, ...unwrapFacts(facts) });
 
-  const bytes = await decryptStdio(decipher);
-  logger.log('info', `layer ${printableDigest(descriptor.digest)}: decrypted ${bytes} bytes`);
+  facts.bytes = await decryptStdio(decipher);
+  logger.info('layer decrypted', { layer, bytes: facts.bytes });
+}
+
+/** One audit record per layer whose digest is known, when the config asks for an audit log. Never throws. */
+async function auditLayer(configs: ConfigSource, logger: Logger, facts: LayerFacts, startedMs: number, error: string | undefined): Promise<void> {
+  if (facts.digest === undefined) return;
+  let config: Config | undefined;
+  try {
+    config = await configs.early();
+  } catch (err) {
+    // A layer that failed because of it already said so; a successful one should not hide it at warn level.
+    if (error === undefined) logger.warn(`${describeError(err)}; log settings (audit log, log.level) not applied`);
+    return;
+  }
+  if (config === undefined || (config.log.file === undefined && !config.log.syslog)) return;
+  try {
+    const { writeAudit } = await import('../util/audit.js');
+    await writeAudit(
+      {
+        time: new Date().toISOString(),
+        layer: facts.digest,
+        mediaType: facts.mediaType,
+        ...unwrapFacts(facts),
+        bytes: facts.bytes,
+        durationMs: performance.now() - startedMs,
+        result: error === undefined ? 'ok' : 'error',
+        error,
+      },
+      { config: config.log, warn: (m) => logger.warn(m) },
+    );
+  } catch (err) {
+    logger.warn(`audit log: ${describeError(err)}`);
+  }
 }
 
 export async function run(argv: string[]): Promise<number> {
+  const startedMs = performance.now();
   let args: DecodeArgs;
   try {
     args = parseDecodeArgs(argv);
@@ -283,16 +381,20 @@ export async function run(argv: string[]): Promise<number> {
     return 0;
   }
 
-  const logger = new Logger(args.logLevel ?? 'error');
-  let digest: string | undefined;
+  const logger = createLogger(args.logLevel ?? 'error');
+  const configs = new ConfigSource(args.configPath, process.env);
+  const facts: LayerFacts = { unwrap: {} };
   let code = 0;
+  let error: string | undefined;
   try {
-    await decodeLayer(args, logger, (d) => (digest = d));
+    await decodeLayer(args, logger, configs, facts);
   } catch (err) {
     code = 1;
-    const where = digest ? `layer ${printableDigest(digest)}: ` : '';
-    process.stderr.write(`coco-decoder: ${where}${describeError(err)}\n`);
+    error = describeError(err);
+    const where = facts.digest ? `layer ${printableDigest(facts.digest)}: ` : '';
+    process.stderr.write(`coco-decoder: ${where}${error}\n`);
   }
+  await auditLayer(configs, logger, facts, startedMs, error);
   setTimeout(() => process.exit(code), EXIT_GRACE_MS).unref();
   return code;
 }
