@@ -112,6 +112,13 @@ async function bundle(version, outfile) {
     const text = await esbuild.formatMessages(err.errors, { kind: 'error', color: false });
     throw new BuildError(`esbuild could not bundle src/main.ts:\n${text.join('').trimEnd()}`);
   }
+  // esbuild keeps `import('node:x')` as a real dynamic import in CJS output, which the SEA's embedder require
+  // rejects at run time (ERR_VM_DYNAMIC_IMPORT_CALLBACK_MISSING): lazy builtins must be imported statically from a
+  // lazily imported module instead.
+  const dynamicBuiltins = [...new Set(fs.readFileSync(outfile, 'utf8').match(/\bimport\(\s*["'][^"']+["']\s*\)/g) ?? [])];
+  if (dynamicBuiltins.length > 0) {
+    throw new BuildError(`the bundle keeps dynamic imports that cannot run in a SEA: ${dynamicBuiltins.join(', ')}`);
+  }
   const problems = result.warnings.filter((w) => !isBenignWarning(w));
   if (problems.length > 0) {
     const text = await esbuild.formatMessages(problems, { kind: 'warning', color: false });

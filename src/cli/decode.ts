@@ -1,25 +1,22 @@
 /**
  * Stream-processor mode: what containerd runs for every encrypted layer, as it runs `ctd-decoder` (spec §2). The
  * payload (layer descriptor + decrypt parameters) comes on fd 3, ciphertext on stdin, plaintext goes to stdout.
- * Every failure is one line on stderr and exit code 1. Imports are kept light: this starts once per layer.
+ * Every failure is one line on stderr and exit code 1. Imports are kept light: this starts once per layer, and
+ * the modules of the decoding path (node:crypto, node:net, streams) are loaded only when a layer is decoded, not
+ * for --version/--help or argument errors.
  */
 import { existsSync, fstatSync } from 'node:fs';
-import { Socket, type SocketConstructorOpts } from 'node:net';
-import type { Writable } from 'node:stream';
 import { DEFAULT_CONFIG_PATH } from '../config/types.js';
 import type { Config, LogLevel } from '../config/types.js';
-import { LayerDecipher, decryptLayerFd, decryptLayerStream } from '../ocicrypt/layer-decipher.js';
-import { checkPublicOptions, layerCipherOptions, parsePrivateOptions, publicOptionsFromAnnotations } from '../ocicrypt/options.js';
+import type { LayerDecipher } from '../ocicrypt/layer-decipher.js';
 import type { DecryptParameters, KeyWrapper, UnwrapAudit } from '../ocicrypt/keywrap/keywrapper.js';
-import { layerKeySchemes, unwrapLayerKey } from '../ocicrypt/unwrap-layer-key.js';
-import { buildKeyWrappers } from '../ocicrypt/keywrap/registry.js';
-import { readPayloadFd } from '../streamprocessor/fd3.js';
-import { checkLayerMediaType } from '../streamprocessor/mediatype.js';
-import { decodePayload } from '../streamprocessor/payload.js';
 import { DecoderError, describeError } from '../util/errors.js';
 import { LOG_LEVELS, createLogger, isLogLevel } from '../util/log.js';
 import type { Logger } from '../util/log.js';
 import { VERSION } from '../version.js';
+
+/** argv[0] of the hidden stdout-holding mode (see hold-stdout.ts; that module is loaded only on failure). Not a user flag. */
+const HOLD_STDOUT_ARG = '__coco-decoder-hold-stdout';
 
 /** Unwrapping may attest to a KBS or run key providers; it must still end. Extended to the configured budgets. */
 const UNWRAP_DEADLINE_MS = 120_000;
@@ -149,31 +146,13 @@ const isPipe = (fd: number): boolean => {
   return st.isFIFO() || st.isSocket();
 };
 
-/**
- * stdout for the plaintext. Node makes `process.stdout` on a pipe blocking, which stalls decryption whenever
- * containerd is slow to read; a non-blocking socket on fd 1 lets us decrypt ahead by up to STDOUT_BUFFER_BYTES.
- * Files and TTYs (manual runs) keep `process.stdout`. Never use both on one fd: they would fight over O_NONBLOCK.
- */
-function openStdout(): { out: Writable; close: () => void } {
-  if (isPipe(1)) {
-    // Node's Socket passes stream options through to Duplex; @types/node does not declare them.
-    const opts: SocketConstructorOpts & { writableHighWaterMark: number } = {
-      fd: 1,
-      readable: false,
-      writable: true,
-      writableHighWaterMark: STDOUT_BUFFER_BYTES,
-    };
-    const sock = new Socket(opts);
-    return { out: sock, close: () => sock.destroy() };
-  }
-  // A late error must not surface as an uncaught exception; the decipher reports write errors itself.
-  process.stdout.on('error', () => {});
-  return { out: process.stdout, close: () => {} };
-}
-
 /** stdin (ciphertext) to stdout: containerd's pipes read with a reused buffer, anything else as a stream. */
 async function decryptStdio(decipher: LayerDecipher): Promise<number> {
-  const stdout = openStdout();
+  const [{ decryptLayerFd, decryptLayerStream }, { openStdout }] = await Promise.all([
+    import('../ocicrypt/layer-decipher.js'),
+    import('../streamprocessor/stdout.js'),
+  ]);
+  const stdout = openStdout(STDOUT_BUFFER_BYTES);
   try {
     return isPipe(0)
       ? await decryptLayerFd(0, stdout.out, decipher)
@@ -260,6 +239,16 @@ class ConfigSource {
 }
 
 async function decodeLayer(args: DecodeArgs, logger: Logger, configs: ConfigSource, facts: LayerFacts): Promise<void> {
+  const [{ readPayloadFd }, { decodePayload }, { checkLayerMediaType }, options, { layerKeySchemes, unwrapLayerKey }, { buildKeyWrappers }] =
+    await Promise.all([
+      import('../streamprocessor/fd3.js'),
+      import('../streamprocessor/payload.js'),
+      import('../streamprocessor/mediatype.js'),
+      import('../ocicrypt/options.js'),
+      import('../ocicrypt/unwrap-layer-key.js'),
+      import('../ocicrypt/keywrap/registry.js'),
+    ]);
+  const { checkPublicOptions, layerCipherOptions, parsePrivateOptions, publicOptionsFromAnnotations } = options;
   const payloadBytes = await readPayloadFd();
   const payload = decodePayload(payloadBytes);
   payloadBytes.fill(0); // ctr-enc payloads carry private keys
@@ -299,7 +288,12 @@ async function decodeLayer(args: DecodeArgs, logger: Logger, configs: ConfigSour
   const audit = facts.unwrap;
   let privopts: Buffer;
   try {
-    const wrappers = await buildKeyWrappers(layerKeySchemes(descriptor.annotations), {
+    const schemes = layerKeySchemes(descriptor.annotations);
+    if (schemes.includes('provider.attestation-agent')) {
+      // Before the KBS client (undici) is loaded: see wasm-tier.ts.
+      (await import('../streamprocessor/wasm-tier.js')).keepWasmInBaselineTier();
+    }
+    const wrappers = await buildKeyWrappers(schemes, {
       env: process.env,
       warn: (m) => logger.warn(m),
       getConfig,
@@ -317,6 +311,7 @@ async function decodeLayer(args: DecodeArgs, logger: Logger, configs: ConfigSour
 
   const priv = parsePrivateOptions(privopts);
   privopts.fill(0);
+  const { LayerDecipher } = await import('../ocicrypt/layer-decipher.js');
   let decipher: LayerDecipher;
   try {
     decipher = new LayerDecipher(layerCipherOptions(pub, priv));
@@ -352,7 +347,7 @@ async function auditLayer(configs: ConfigSource, logger: Logger, facts: LayerFac
         mediaType: facts.mediaType,
         ...unwrapFacts(facts),
         bytes: facts.bytes,
-        durationMs: performance.now() - startedMs,
+        durationMs: nowMs() - startedMs,
         result: error === undefined ? 'ok' : 'error',
         error,
       },
@@ -363,8 +358,28 @@ async function auditLayer(configs: ConfigSource, logger: Logger, facts: LayerFac
   }
 }
 
+/** Monotonic milliseconds. Not `performance.now()`: that global loads all of perf_hooks on first use (~1 ms). */
+const nowMs = (): number => Number(process.hrtime.bigint()) / 1e6;
+
+/** On failure with stdout on a pipe (containerd), keep stdout open briefly after we exit: see hold-stdout.ts. */
+async function holdStdoutOnFailure(): Promise<void> {
+  let pipe: boolean;
+  try {
+    pipe = isPipe(1);
+  } catch {
+    return; // fd 1 closed: nothing to hold
+  }
+  if (!pipe) return;
+  const { holdStdoutAfterExit } = await import('../streamprocessor/hold-stdout.js');
+  await holdStdoutAfterExit(HOLD_STDOUT_ARG);
+}
+
 export async function run(argv: string[]): Promise<number> {
-  const startedMs = performance.now();
+  const startedMs = nowMs();
+  if (argv[0] === HOLD_STDOUT_ARG) {
+    const { holdStdoutHere } = await import('../streamprocessor/hold-stdout.js');
+    return holdStdoutHere();
+  }
   let args: DecodeArgs;
   try {
     args = parseDecodeArgs(argv);
@@ -395,6 +410,7 @@ export async function run(argv: string[]): Promise<number> {
     process.stderr.write(`coco-decoder: ${where}${error}\n`);
   }
   await auditLayer(configs, logger, facts, startedMs, error);
+  if (code !== 0) await holdStdoutOnFailure();
   setTimeout(() => process.exit(code), EXIT_GRACE_MS).unref();
   return code;
 }

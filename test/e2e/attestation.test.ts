@@ -374,7 +374,7 @@ describe('CRI pull of attestation-agent images through containerd 1.6, coco-deco
 
   it('fails naming the denied layer\'s kid when the KBS resource policy denies its KEK', { timeout: TEST_TIMEOUT_MS }, async () => {
     const img = await makeEncryptedImage('denied', { layers: 3 });
-    // The base layer: see the skipped test below for why a layer above it cannot be used with containerd 1.6.
+    // The base layer; the next test covers a layer above it (containerd 1.6's Err()/EOF race).
     const denied = img.layers[0]!;
     const kbs = await startKbs({ resources: img.kbsResources });
     kbs.faults.denyPaths.add(denied.resourcePath);
@@ -402,17 +402,13 @@ describe('CRI pull of attestation-agent images through containerd 1.6, coco-deco
   });
 
   /*
-   * Skipped: containerd 1.6 loses the decoder's exit status for every layer above the base layer on overlayfs.
-   * diff/apply/apply.go checks the processor's Err() as soon as the decoder's stdout reaches EOF, but Err() is only
-   * set by a goroutine after cmd.Wait() (process reaped and stderr drained). The base layer is applied through a
-   * temporary bind mount whose unmount gives that goroutine time; an upper layer is applied straight into the
-   * overlay upperdir, so the check wins the race and the pull fails with containerd's bare
-   * "wrong diff id calculated on extraction" instead of our message (10 of 10 runs here). The decoder itself
-   * reports correctly (exit 1, one line on stderr, checked with strace); keeping its stdout open ~200 ms after it
-   * exits (a helper process holding only fd 1) makes containerd report the message, which is what enabling this
-   * test needs (proposed for src/cli/decode.ts; see the E2E report).
+   * containerd 1.6 (diff/apply/apply.go, containerd#6914) checks the processor's Err() as soon as the decoder's
+   * stdout reaches EOF, but Err() is only set after cmd.Wait() (process reaped, stderr drained). For the base layer a
+   * bind-mount unmount gives containerd time; an upper layer is applied straight into the overlay upperdir and the
+   * check used to win the race, so the pull failed with a bare "wrong diff id calculated on extraction". On failure
+   * the decoder now leaves a helper holding only its stdout for ~300 ms (src/streamprocessor/hold-stdout.ts).
    */
-  it.skip('fails naming the denied kid when the denied layer is above the base layer (containerd 1.6 loses it: see comment)', { timeout: TEST_TIMEOUT_MS }, async () => {
+  it('fails naming the denied kid when the denied layer is above the base layer (containerd 1.6 race: see comment)', { timeout: TEST_TIMEOUT_MS }, async () => {
     const img = await makeEncryptedImage('denied-upper', { layers: 4 });
     const denied = img.layers[2]!;
     const kbs = await startKbs({ resources: img.kbsResources });

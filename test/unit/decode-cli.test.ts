@@ -54,6 +54,9 @@ interface CliResult {
   code: number | null;
   stdout: Buffer;
   stderr: string;
+  /** performance.now() when the process was reaped ('exit') and when its stdout reached EOF. */
+  exitedAt: number;
+  stdoutEofAt: number;
 }
 
 interface CliOptions {
@@ -87,6 +90,14 @@ function runCli(args: string[], o: CliOptions = {}): Promise<CliResult> {
     const out: Buffer[] = [];
     let outBytes = 0;
     const err: Buffer[] = [];
+    let exitedAt = NaN;
+    let stdoutEofAt = NaN;
+    child.on('exit', () => {
+      exitedAt = performance.now();
+    });
+    child.stdout!.on('end', () => {
+      stdoutEofAt = performance.now();
+    });
     child.stdout!.on('data', (c: Buffer) => {
       out.push(c);
       outBytes += c.length;
@@ -108,7 +119,7 @@ function runCli(args: string[], o: CliOptions = {}): Promise<CliResult> {
     child.on('error', reject);
     child.on('close', (code) => {
       clearTimeout(timer);
-      resolve({ code, stdout: Buffer.concat(out), stderr: Buffer.concat(err).toString() });
+      resolve({ code, stdout: Buffer.concat(out), stderr: Buffer.concat(err).toString(), exitedAt, stdoutEofAt });
     });
   });
 }
@@ -255,6 +266,32 @@ describe('payload problems', () => {
       `coco-decoder: layer ${descriptor.digest}: call to DecryptLayer failed: missing private key needed for decryption: no private key was given for jwe (see --decryption-keys-path)`,
     );
     expect(r.stdout.length).toBe(0);
+  });
+});
+
+describe('stdout EOF ordering (containerd 1.6 reads Err() at stdout EOF, containerd#6914)', () => {
+  it('on failure, stdout reaches EOF only well after the process has exited (stderr is drained first)', async () => {
+    const { descriptor, blob } = ociLayer(join(FIX, 'ocicrypt/enc-jwe-rsa'));
+    const r = await runCli([], { fd3: payloadFor(descriptor), stdin: blob });
+    expect(oneErrorLine(r)).toContain('missing private key needed for decryption');
+    expect(r.stdout.length).toBe(0);
+    // The helper holds stdout for 300 ms after our exit; 150 ms leaves room for a loaded machine.
+    expect(r.stdoutEofAt - r.exitedAt).toBeGreaterThanOrEqual(150);
+  });
+
+  it('on success, stdout ends with the process: no helper, no added latency', async () => {
+    const r = await runCli([], { fd3: readFileSync(join(V131, 'payload-ctr-enc.bin')), stdin: readFileSync(join(V131, 'layer.tar.gz.enc')) });
+    expect(r.code).toBe(0);
+    expect(r.stdout.equals(readFileSync(join(V131, 'layer.tar.gz')))).toBe(true);
+    expect(r.stdoutEofAt - r.exitedAt).toBeLessThan(150);
+  });
+
+  it('the hidden helper mode (used when /bin/sleep is absent) only holds stdout: silent, exit 0, about 300 ms', async () => {
+    const t0 = performance.now();
+    const r = await runCli(['__coco-decoder-hold-stdout'], { keepStdinOpen: true });
+    expect(r).toMatchObject({ code: 0, stderr: '' });
+    expect(r.stdout.length).toBe(0);
+    expect(r.exitedAt - t0).toBeGreaterThanOrEqual(300);
   });
 });
 
