@@ -8,6 +8,8 @@ export default defineConfig({
     // E2E suites start real containerd/registry instances; run files one at a time so they never fight over ports or CPU.
     fileParallelism: false,
     pool: 'forks',
-    reporters: ['default'],
+    // The JSON report lets .ci/run print one 'N passed, N failed' line.
+    reporters: ['default', 'json'],
+    outputFile: { json: 'dist/vitest-report.json' },
   },
 });
