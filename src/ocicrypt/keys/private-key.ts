@@ -61,6 +61,18 @@ export function decodeFirstPemBlock(data: Buffer): PemBlock | undefined {
 
 type DerType = 'pkcs8' | 'pkcs1' | 'sec1';
 
+const DER_TYPES: readonly DerType[] = ['pkcs8', 'pkcs1', 'sec1'];
+
+/**
+ * The encodings to try for a PEM block, the one its label names first: each failed OpenSSL attempt costs ~0.5 ms
+ * on the per-layer path. The three encodings are disjoint ASN.1 structures, so the order cannot change the result.
+ */
+function derTypesFor(label: string): readonly DerType[] {
+  const first: DerType | undefined =
+    label === 'PRIVATE KEY' ? 'pkcs8' : label === 'RSA PRIVATE KEY' ? 'pkcs1' : label === 'EC PRIVATE KEY' ? 'sec1' : undefined;
+  return first === undefined ? DER_TYPES : [first, ...DER_TYPES.filter((t) => t !== first)];
+}
+
 function tryDer(der: Buffer, types: readonly DerType[]): KeyObject | undefined {
   for (const type of types) {
     try {
@@ -121,7 +133,31 @@ function parseEncryptedPem(block: PemBlock, legacy: boolean, password: Buffer | 
  * `prefix` is the scheme name upstream puts in front of messages (`JWE`, `PKCS7`, or '' for the keys directory).
  */
 export function parsePrivateKey(data: Buffer, password: Buffer | null, prefix: string): KeyObject {
-  const der = tryDer(data, ['pkcs8', 'pkcs1', 'sec1']);
+  const cached = parsed.get(data);
+  if (cached) return cached;
+  const key = parseUncached(data, password, prefix);
+  // Only keys that needed no password: for those the password argument cannot change the outcome.
+  if (!(key instanceof EncryptedKey)) parsed.set(data, key);
+  return key instanceof EncryptedKey ? key.key : key;
+}
+
+/**
+ * Keys already parsed, by the Buffer they came from: the keys directory parses every file to classify it and the
+ * key-wrap schemes parse the same Buffers again (same `DecryptParameters`) within one layer. In memory only, and
+ * weak: an entry lives as long as its Buffer. Callers must not change a Buffer's bytes while its key may be looked
+ * up (the decoder zeroes the parameters only after unwrapping).
+ */
+const parsed = new WeakMap<Buffer, KeyObject>();
+
+/** A key that was decrypted with a password: never cached (another password must give its own answer). */
+class EncryptedKey {
+  constructor(readonly key: KeyObject) {}
+}
+
+function parseUncached(data: Buffer, password: Buffer | null, prefix: string): KeyObject | EncryptedKey {
+  // Every DER private key (PKCS#8, PKCS#1, SEC1) is a SEQUENCE, tag 0x30: anything else (PEM, JWK) skips the DER
+  // attempts, which is upstream's order without its failed parses.
+  const der = data[0] === 0x30 ? tryDer(data, DER_TYPES) : undefined;
   if (der) return der;
 
   const block = decodeFirstPemBlock(data);
@@ -129,8 +165,10 @@ export function parsePrivateKey(data: Buffer, password: Buffer | null, prefix: s
     const legacyEncrypted = /^4,\s*ENCRYPTED$/i.test(block.headers.get('Proc-Type') ?? '');
     let key: KeyObject | undefined;
     try {
-      if (legacyEncrypted || block.label === 'ENCRYPTED PRIVATE KEY') return parseEncryptedPem(block, legacyEncrypted, password, prefix);
-      key = tryDer(block.der, ['pkcs8', 'pkcs1', 'sec1']);
+      if (legacyEncrypted || block.label === 'ENCRYPTED PRIVATE KEY') {
+        return new EncryptedKey(parseEncryptedPem(block, legacyEncrypted, password, prefix));
+      }
+      key = tryDer(block.der, derTypesFor(block.label));
     } finally {
       block.der.fill(0); // the decoded key bytes: the KeyObject holds its own copy
     }
