@@ -117,3 +117,19 @@ describe('decodeFirstPemBlock', () => {
     expect(decodeFirstPemBlock(Buffer.from('-----BEGIN A-----\nAAAA\n-----END B-----\n'))).toBeUndefined();
   });
 });
+
+describe('parsePrivateKey: the in-memory parse cache', () => {
+  it('returns the same KeyObject for the same Buffer (the keys directory and the schemes parse each key once)', () => {
+    const data = v131Key('rsa_priv.pem');
+    expect(parsePrivateKey(data, null, '')).toBe(parsePrivateKey(data, null, 'JWE'));
+    // An equal copy is a different Buffer: parsed on its own, never confused with another buffer's key.
+    expect(parsePrivateKey(Buffer.from(data), null, 'JWE')).not.toBe(parsePrivateKey(data, null, 'JWE'));
+  });
+
+  it('never serves a password-protected key from the cache: a wrong password after the right one still fails', () => {
+    const data = v131Key('rsa_priv_enc_secret.pem');
+    expect(parsePrivateKey(data, Buffer.from('secret'), 'JWE').type).toBe('private');
+    expect(() => parsePrivateKey(data, Buffer.from('wrong'), 'JWE')).toThrow(PrivateKeyPasswordError);
+    expect(() => parsePrivateKey(data, null, 'JWE')).toThrow(/Missing password for encrypted private key/);
+  });
+});
