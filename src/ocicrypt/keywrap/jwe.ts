@@ -14,7 +14,7 @@ import {
 } from 'jose';
 import { DecoderError } from '../../util/errors.js';
 import { parsePrivateKey, UnsupportedPrivateKeyError } from '../keys/private-key.js';
-import type { DecryptParameters, KeyWrapper, UnwrapContext } from './keywrapper.js';
+import { privateKeysOf, type DecryptParameters, type KeyWrapper, type UnwrapContext } from './keywrapper.js';
 
 const KEY_MANAGEMENT_ALGORITHMS = ['RSA-OAEP', 'RSA-OAEP-256', 'ECDH-ES+A128KW', 'ECDH-ES+A192KW', 'ECDH-ES+A256KW'];
 const CONTENT_ENCRYPTION_ALGORITHMS = ['A128CBC-HS256', 'A192CBC-HS384', 'A256CBC-HS512', 'A128GCM', 'A192GCM', 'A256GCM'];
@@ -165,25 +165,21 @@ async function tryKey(parsed: ParsedJwe, key: KeyObject): Promise<Decrypted | un
   }
 }
 
-function privateKeys(params: DecryptParameters): Array<Buffer | null> {
-  return params['privkeys'] ?? [];
-}
-
 export const jweKeyWrapper: KeyWrapper = {
   scheme: 'jwe',
   supported: true,
 
   noPossibleKeys(params: DecryptParameters): boolean {
-    return privateKeys(params).length === 0;
+    return privateKeysOf(params).length === 0;
   },
 
   hasPrivateKeys(params: DecryptParameters): boolean {
-    return privateKeys(params).length > 0;
+    return privateKeysOf(params).length > 0;
   },
 
   async unwrap(entry: Buffer, ctx: UnwrapContext): Promise<Buffer | null> {
     const parsed = parseJwe(entry);
-    const keys = privateKeys(ctx.params);
+    const keys = privateKeysOf(ctx.params);
     if (keys.length === 0) throw new DecoderError('No private keys found for JWE decryption');
     const passwords = ctx.params['privkeys-passwords'] ?? [];
     if (passwords.length !== keys.length) {

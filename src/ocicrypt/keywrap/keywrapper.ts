@@ -43,6 +43,11 @@ export interface KeyWrapper {
   unwrap(entry: Buffer, ctx: UnwrapContext): Promise<Buffer | null>;
 }
 
+/** ocicrypt's `privkeys` parameter: the private keys the jwe and pkcs7 schemes try, keys directory first. */
+export function privateKeysOf(params: DecryptParameters): Array<Buffer | null> {
+  return params['privkeys'] ?? [];
+}
+
 export function annotationFor(scheme: string): string {
   return ANNOTATION_PREFIX + scheme;
 }

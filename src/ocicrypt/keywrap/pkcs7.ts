@@ -37,7 +37,7 @@ import {
   type Tlv,
 } from '../asn1/ber.js';
 import { parsePrivateKey, UnsupportedPrivateKeyError } from '../keys/private-key.js';
-import type { DecryptParameters, KeyWrapper, UnwrapContext } from './keywrapper.js';
+import { privateKeysOf, type DecryptParameters, type KeyWrapper, type UnwrapContext } from './keywrapper.js';
 
 const OID = {
   envelopedData: '1.2.840.113549.1.7.3',
@@ -325,24 +325,20 @@ function sameIssuerAndSerial(r: KeyTransRecipient, cert: CertificateId): boolean
   return r.serial === cert.serial && r.issuer.equals(cert.issuer);
 }
 
-function privateKeys(params: DecryptParameters): Array<Buffer | null> {
-  return params['privkeys'] ?? [];
-}
-
 export const pkcs7KeyWrapper: KeyWrapper = {
   scheme: 'pkcs7',
   supported: true,
 
   noPossibleKeys(params: DecryptParameters): boolean {
-    return privateKeys(params).length === 0;
+    return privateKeysOf(params).length === 0;
   },
 
   hasPrivateKeys(params: DecryptParameters): boolean {
-    return privateKeys(params).length > 0;
+    return privateKeysOf(params).length > 0;
   },
 
   async unwrap(entry: Buffer, ctx: UnwrapContext): Promise<Buffer | null> {
-    const keys = privateKeys(ctx.params);
+    const keys = privateKeysOf(ctx.params);
     if (keys.length === 0) throw new DecoderError('no private keys found for PKCS7 decryption');
     const passwords = ctx.params['privkeys-passwords'] ?? [];
     if (passwords.length !== keys.length) {
