@@ -9,7 +9,7 @@ import { existsSync, fstatSync } from 'node:fs';
 import { DEFAULT_CONFIG_PATH } from '../config/types.js';
 import type { Config, LogLevel } from '../config/types.js';
 import type { LayerDecipher } from '../ocicrypt/layer-decipher.js';
-import type { DecryptParameters, KeyWrapper, UnwrapAudit } from '../ocicrypt/keywrap/keywrapper.js';
+import type { DecryptParameters, UnwrapAudit } from '../ocicrypt/keywrap/keywrapper.js';
 import { DecoderError, describeError } from '../util/errors.js';
 import { LOG_LEVELS, createLogger, isLogLevel } from '../util/log.js';
 import type { Logger } from '../util/log.js';
@@ -173,35 +173,8 @@ interface LayerFacts {
   digest?: string;
   mediaType?: string;
   bytes?: number;
-  /** Filled in by the key-wrap schemes (scheme, kid, token from cache). */
+  /** The scheme that unwrapped the key, with its kid and token-cache flag (see unwrap-layer-key.ts). */
   readonly unwrap: UnwrapAudit;
-  /** The scheme whose unwrap returned the layer key. */
-  winner?: string;
-}
-
-/**
- * The wrappers, noting which one actually produced the key: a scheme tried earlier may have filled `ctx.audit`
- * (e.g. the attestation-agent sets its kid before failing) and the audit log must not credit it with the layer.
- */
-function recordingWinner(wrappers: readonly KeyWrapper[], facts: LayerFacts): KeyWrapper[] {
-  return wrappers.map((w) => ({
-    scheme: w.scheme,
-    supported: w.supported,
-    noPossibleKeys: (params) => w.noPossibleKeys(params),
-    hasPrivateKeys: (params) => w.hasPrivateKeys(params),
-    unwrap: async (entry, ctx) => {
-      const out = await w.unwrap(entry, ctx);
-      if (out !== null) facts.winner = w.scheme;
-      return out;
-    },
-  }));
-}
-
-/** The audit fields of the scheme that unwrapped the key (kid and cache flag only if they are its own). */
-function unwrapFacts(facts: LayerFacts): UnwrapAudit {
-  const scheme = facts.winner ?? facts.unwrap.scheme;
-  if (facts.unwrap.scheme !== scheme) return { scheme };
-  return { scheme, kid: facts.unwrap.kid, tokenFromCache: facts.unwrap.tokenFromCache };
 }
 
 /**
@@ -298,7 +271,7 @@ async function decodeLayer(args: DecodeArgs, logger: Logger, configs: ConfigSour
       warn: (m) => logger.warn(m),
       getConfig,
     });
-    privopts = await unwrapLayerKey(recordingWinner(wrappers, facts), descriptor.annotations, {
+    privopts = await unwrapLayerKey(wrappers, descriptor.annotations, {
       params,
       layerDigest: descriptor.digest,
       signal: deadline.controller.signal,
@@ -320,7 +293,7 @@ async function decodeLayer(args: DecodeArgs, logger: Logger, configs: ConfigSour
   }
   // Field values are quoted and bounded by the logger: the digest is untrusted input.
   const layer = descriptor.digest;
-  logger.debug('layer key unwrapped', { layer, ...unwrapFacts(facts) });
+  logger.debug('layer key unwrapped', { layer, ...facts.unwrap });
 
   facts.bytes = await decryptStdio(decipher);
   logger.info('layer decrypted', { layer, bytes: facts.bytes });
@@ -345,7 +318,7 @@ async function auditLayer(configs: ConfigSource, logger: Logger, facts: LayerFac
         time: new Date().toISOString(),
         layer: facts.digest,
         mediaType: facts.mediaType,
-        ...unwrapFacts(facts),
+        ...facts.unwrap,
         bytes: facts.bytes,
         durationMs: nowMs() - startedMs,
         result: error === undefined ? 'ok' : 'error',

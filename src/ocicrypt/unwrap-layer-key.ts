@@ -5,7 +5,7 @@
  */
 import { decodeStdBase64 } from '../streamprocessor/gojson.js';
 import { DecoderError, describeError, oneLine } from '../util/errors.js';
-import { ANNOTATION_PREFIX, annotationFor, type KeyWrapper, type UnwrapContext } from './keywrap/keywrapper.js';
+import { ANNOTATION_PREFIX, annotationFor, type KeyWrapper, type UnwrapAudit, type UnwrapContext } from './keywrap/keywrapper.js';
 
 const STAGE = 'call to DecryptLayer failed';
 const MISSING_KEY = 'missing private key needed for decryption';
@@ -78,10 +78,13 @@ export async function unwrapLayerKey(
     }
     if (wrapper.hasPrivateKeys(ctx.params)) privKeyGiven = true;
     ctx.signal.throwIfAborted();
+    // Each scheme records into its own audit object: one that fails (e.g. after naming its kid) must not leave its
+    // facts on the layer that another scheme then unwraps.
+    const audit: UnwrapAudit = {};
     try {
-      const optsData = await unwrapScheme(wrapper, b64, ctx);
+      const optsData = await unwrapScheme(wrapper, b64, { ...ctx, audit });
       if (optsData !== null) {
-        ctx.audit.scheme ??= wrapper.scheme;
+        Object.assign(ctx.audit, audit, { scheme: wrapper.scheme });
         return optsData;
       }
     } catch (err) {

@@ -74,6 +74,22 @@ describe('scheme order and entry selection', () => {
     expect(c.audit.scheme).toBe('jwe');
   });
 
+  it('credits the audit record to the scheme that unwrapped the key, not to one that failed before it', async () => {
+    const failingProvider: KeyWrapper = {
+      ...fake('provider.attestation-agent', { keysParam: '' }),
+      async unwrap(_entry: Buffer, c: UnwrapContext): Promise<Buffer | null> {
+        c.audit.kid = 'kbs:///default/image-kek/a';
+        c.audit.tokenFromCache = true;
+        throw new DecoderError('KBS unreachable');
+      },
+    };
+    const pkcs7 = fake('pkcs7', { answers: { P: 'ok' } });
+    const annotations = { [annotationFor('provider.attestation-agent')]: b64('A'), [annotationFor('pkcs7')]: b64('P') };
+    const c = ctx();
+    expect((await unwrapLayerKey([failingProvider, pkcs7], annotations, c)).toString()).toBe('ok');
+    expect(c.audit).toEqual({ scheme: 'pkcs7' });
+  });
+
   it('falls through to the next scheme when one fails', async () => {
     const jwe = fake('jwe', { answers: { J: { error: 'JWE: No suitable private key found for decryption' } } });
     const pkcs7 = fake('pkcs7', { answers: { P: 'ok' } });
