@@ -1,69 +1,173 @@
 /**
- * Azure confidential VMs (az-snp-vtpm, az-tdx-vtpm). The paravisor owns the hardware report there, so evidence
- * is a vTPM quote plus the HCL report plus IMDS data (tee-guest-devices.md §4.3). That attester is NOT
- * implemented in coco-decoder yet: selecting it fails loudly instead of producing anything that looks like
- * evidence. What is implemented is detection: reading the HCL report's type from vTPM NV index 0x01400001 with
- * two raw TPM 2.0 commands (no TSS), so `auto` names the Azure TEE instead of claiming there is none.
+ * Azure confidential VMs (az-snp-vtpm, az-tdx-vtpm). The paravisor owns the hardware report, so evidence is a
+ * vTPM quote plus the HCL report plus IMDS data (tee-guest-devices.md §4.3), produced with raw TPM 2.0 commands
+ * (no TSS) exactly as guest-components' attesters do through az-cvm-vtpm:
+ *   1. report data (unpadded) → NV 0x01400002 (defined owner-read/write, redefined if its size differs);
+ *   2. wait 3 s, read the HCL report (NV 0x01400001): the paravisor has put the report data in `user-data`;
+ *   3. az-tdx-vtpm: TD quote for the HCL report's TDREPORT from IMDS;
+ *   4. TPM2_Quote with the AK 0x81000003 over SHA-256 PCRs 0–23, qualifying data = report data; PCR_Read;
+ *   5. az-snp-vtpm: VCEK from IMDS.
+ * Evidence v2, the shape trustee's `deps/verifier/src/az_{snp,tdx}_vtpm/compat.rs` `EvidenceV2` deserialises.
  */
-import { promises as fsp } from 'node:fs';
+import { createHash } from 'node:crypto';
 import type { AttestationConfig } from '../config/types.js';
 import type { Attester, TeeType } from './attester.js';
 import { DecoderError } from '../util/errors.js';
+import { httpAzureImds, type AzureImds } from './azure-imds.js';
+import { HCL_REPORT_TYPE_OFFSET, HCL_REPORT_TYPE_SNP, HCL_REPORT_TYPE_TDX, HCL_SIGNATURE, hclTdReport, hclUserData, parseHclReport } from './hcl-report.js';
+import { parseQuoteAttest } from './tpm/attest.js';
+import { TPMA_NV_OWNERWRITE_OWNERREAD, TPM_ALG_SHA256 } from './tpm/constants.js';
+import { nvDefineSpace, nvRead, nvReadFull, nvReadPublic, nvUndefineSpace, nvWrite } from './tpm/nv.js';
+import { pcrReadBank } from './tpm/pcr-read.js';
+import { MAX_QUALIFYING_DATA, tpmQuote } from './tpm/quote.js';
+import { deviceTpmTransport, type TpmTransport } from './tpm/transport.js';
 
-export function createAzureVtpmAttester(tee: Extract<TeeType, 'az-snp-vtpm' | 'az-tdx-vtpm'>, _config: AttestationConfig): Attester {
-  throw new DecoderError(
-    `the Azure vTPM attester (${tee}) is not implemented yet in coco-decoder; this Azure confidential VM cannot attest to the KBS with it ` +
-      '(use guest-components\' attestation-agent with a keyprovider for now)',
-  );
-}
+export { deviceTpmTransport, type TpmTransport };
+
+export type AzureTee = Extract<TeeType, 'az-snp-vtpm' | 'az-tdx-vtpm'>;
 
 /** DMI chassis asset tag of every Azure VM (cloud-init `ChassisAssetTag.AZURE_CLOUD`). */
 export const AZURE_CHASSIS_ASSET_TAG = '7783-7084-3265-9085-8269-3286-77';
-/** vTPM NV index holding the paravisor's HCL report. */
+/** az-cvm-vtpm `VTPM_HCL_REPORT_NV_INDEX`, `INDEX_REPORT_DATA`, `VTPM_AK_HANDLE`. */
 export const HCL_REPORT_NV_INDEX = 0x01400001;
-/** HCL report: "HCLA" signature @0, IgvmRequestData.report_type @0x4C8 (2 = SNP, 4 = TDX). */
-const HCL_SIGNATURE = Buffer.from('HCLA', 'ascii');
-const HCL_REPORT_TYPE_OFFSET = 0x4c8;
-const HCL_REPORT_TYPE_SNP = 2;
-const HCL_REPORT_TYPE_TDX = 4;
+export const REPORT_DATA_NV_INDEX = 0x01400002;
+export const AK_HANDLE = 0x81000003;
+/** az-cvm-vtpm `VTPM_QUOTE_PCR_SLOTS`: SHA-256 PCRs 0–23. */
+export const QUOTE_PCRS = { hashAlg: TPM_ALG_SHA256, pcrs: Array.from({ length: 24 }, (_, i) => i) };
+/** az-cvm-vtpm sleeps this long after writing the report data "to avoid retrieving a stale report". */
+export const HCL_REFRESH_DELAY_MS = 3000;
+const EVIDENCE_VERSION = 2;
+/** A PCR extended between TPM2_Quote and TPM2_PCR_Read breaks the digest; quote again this many times. */
+const QUOTE_ATTEMPTS = 3;
 
-/** Sends one TPM command buffer, returns the response buffer. */
-export type TpmTransport = (command: Buffer) => Promise<Buffer>;
+export interface TpmQuoteJson {
+  signature: string;
+  message: string;
+  pcrs: string[];
+}
+export interface AzSnpVtpmEvidence {
+  version: 2;
+  tpm_quote: TpmQuoteJson;
+  hcl_report: string;
+  vcek: string;
+}
+export interface AzTdxVtpmEvidence {
+  version: 2;
+  tpm_quote: TpmQuoteJson;
+  hcl_report: string;
+  td_quote: string;
+}
 
-/** A TPM character device (`/dev/tpmrm0`): one write of the command, one read of the response. */
-export function deviceTpmTransport(device: string): TpmTransport {
-  return async (command) => {
-    const fh = await fsp.open(device, 'r+');
-    try {
-      await fh.write(command, 0, command.length, null);
-      const buf = Buffer.alloc(4096);
-      const { bytesRead } = await fh.read(buf, 0, buf.length, null);
-      return buf.subarray(0, bytesRead);
-    } finally {
-      await fh.close();
-    }
+/** Seams beyond the config (tests, unusual systems). */
+export interface AzureVtpmOptions {
+  transport?: TpmTransport;
+  imds?: AzureImds;
+  hclRefreshDelayMs?: number;
+}
+
+export function createAzureVtpmAttester(tee: AzureTee, config: AttestationConfig, options: AzureVtpmOptions = {}): Attester {
+  const transport = options.transport ?? deviceTpmTransport(config.tpmDevice);
+  const imds = options.imds ?? httpAzureImds();
+  const delayMs = options.hclRefreshDelayMs ?? HCL_REFRESH_DELAY_MS;
+  let queue: Promise<unknown> = Promise.resolve();
+  return {
+    tee,
+    hardware: true,
+    getEvidence(reportData: Uint8Array): Promise<AzSnpVtpmEvidence | AzTdxVtpmEvidence> {
+      // The NV index is shared state: one evidence collection at a time.
+      const run = queue.then(() => collectEvidence(tee, transport, imds, delayMs, Buffer.from(reportData)));
+      queue = run.catch(() => undefined);
+      return run;
+    },
   };
 }
 
-const TPM_ST_NO_SESSIONS = 0x8001;
-const TPM_ST_SESSIONS = 0x8002;
-const TPM_CC_NV_READ = 0x0000014e;
-const TPM_CC_NV_READ_PUBLIC = 0x00000169;
-const TPM_RH_OWNER = 0x40000001;
-const TPM_RS_PW = 0x40000009;
+async function collectEvidence(
+  tee: AzureTee,
+  transport: TpmTransport,
+  imds: AzureImds,
+  delayMs: number,
+  reportData: Buffer,
+): Promise<AzSnpVtpmEvidence | AzTdxVtpmEvidence> {
+  if (reportData.length === 0 || reportData.length > MAX_QUALIFYING_DATA) {
+    throw new DecoderError(`${tee}: report data must be 1..${MAX_QUALIFYING_DATA} bytes, got ${reportData.length}`);
+  }
+  const hclBytes = await hclReportWithReportData(transport, reportData, delayMs);
+  const hcl = parseHclReport(hclBytes);
+  const wantType = tee === 'az-snp-vtpm' ? HCL_REPORT_TYPE_SNP : HCL_REPORT_TYPE_TDX;
+  if (hcl.reportType !== wantType) {
+    throw new DecoderError(`${tee}: the vTPM's HCL report is of type ${hcl.reportType}, expected ${wantType}; set attestation.tee to match this VM`);
+  }
+  // trustee (evidence v2) requires user-data to start with the report data; a stale report would be rejected there.
+  const userData = hclUserData(hcl);
+  if (!userData.subarray(0, reportData.length).equals(reportData)) {
+    throw new DecoderError(
+      `${tee}: the HCL report's user-data ${userData.toString('hex')} does not carry the report data ${reportData.toString('hex')} ` +
+        '(the paravisor did not refresh the report)',
+    );
+  }
+  const tdQuote = tee === 'az-tdx-vtpm' ? await imds.tdQuote(hclTdReport(hcl)) : undefined;
+  const quote = await quoteWithPcrs(transport, reportData);
+  const hclReport = base64UrlPadded(hclBytes);
+  if (tee === 'az-snp-vtpm') {
+    return { version: EVIDENCE_VERSION, tpm_quote: quote, hcl_report: hclReport, vcek: base64UrlPadded(await imds.vcekDer()) };
+  }
+  return { version: EVIDENCE_VERSION, tpm_quote: quote, hcl_report: hclReport, td_quote: base64UrlPadded(tdQuote!) };
+}
+
+/** az-cvm-vtpm `get_report_with_report_data`. */
+export async function hclReportWithReportData(transport: TpmTransport, reportData: Buffer, delayMs: number): Promise<Buffer> {
+  const pub = await nvReadPublic(transport, REPORT_DATA_NV_INDEX);
+  if (pub && pub.dataSize !== reportData.length) await nvUndefineSpace(transport, REPORT_DATA_NV_INDEX);
+  if (!pub || pub.dataSize !== reportData.length) {
+    await nvDefineSpace(transport, REPORT_DATA_NV_INDEX, reportData.length, TPMA_NV_OWNERWRITE_OWNERREAD);
+  }
+  await nvWrite(transport, REPORT_DATA_NV_INDEX, reportData);
+  if (delayMs > 0) await new Promise((resolve) => setTimeout(resolve, delayMs));
+  return nvReadFull(transport, HCL_REPORT_NV_INDEX);
+}
+
+/** az-cvm-vtpm `get_quote`, plus the checks trustee will make on the nonce and the PCR digest. */
+async function quoteWithPcrs(transport: TpmTransport, reportData: Buffer): Promise<TpmQuoteJson> {
+  for (let attempt = 1; ; attempt++) {
+    const { message, signature } = await tpmQuote(transport, AK_HANDLE, reportData, QUOTE_PCRS);
+    const attest = parseQuoteAttest(message);
+    if (!attest.extraData.equals(reportData)) {
+      throw new DecoderError(
+        `TPM quote extraData ${attest.extraData.toString('hex')} does not equal the report data ${reportData.toString('hex')}`,
+      );
+    }
+    const pcrs = await pcrReadBank(transport, QUOTE_PCRS);
+    const digest = createHash('sha256').update(Buffer.concat(pcrs)).digest();
+    if (digest.equals(attest.pcrDigest)) {
+      return { signature: signature.toString('hex'), message: message.toString('hex'), pcrs: pcrs.map((p) => p.toString('hex')) };
+    }
+    if (attempt >= QUOTE_ATTEMPTS) {
+      throw new DecoderError(
+        `TPM quote PCR digest ${attest.pcrDigest.toString('hex')} does not match the PCRs read (${digest.toString('hex')}) ` +
+          `after ${QUOTE_ATTEMPTS} attempts (PCRs keep changing)`,
+      );
+    }
+  }
+}
+
+/** serde_with `Base64<UrlSafe>` (padded) as guest-components serialises it. */
+export function base64UrlPadded(b: Buffer): string {
+  const s = b.toString('base64url');
+  return s + '='.repeat((4 - (s.length % 4)) % 4);
+}
 
 /**
  * The Azure CVM flavour from the HCL report in the vTPM, or undefined when there is no HCL report (not an Azure
- * CVM, no TPM access). Never throws: this is a detection probe.
+ * CVM, no TPM access). Never throws: this is a detection probe. Reads only the signature and report type.
  */
-export async function readHclTeeType(transport: TpmTransport): Promise<'az-snp-vtpm' | 'az-tdx-vtpm' | undefined> {
+export async function readHclTeeType(transport: TpmTransport): Promise<AzureTee | undefined> {
   try {
-    const size = await nvDataSize(transport, HCL_REPORT_NV_INDEX);
-    if (size === undefined || size < HCL_REPORT_TYPE_OFFSET + 4) return undefined;
+    const pub = await nvReadPublic(transport, HCL_REPORT_NV_INDEX);
+    if (!pub || pub.dataSize < HCL_REPORT_TYPE_OFFSET + 4) return undefined;
     const sig = await nvRead(transport, HCL_REPORT_NV_INDEX, 0, 4);
-    if (!sig?.equals(HCL_SIGNATURE)) return undefined;
+    if (!sig.equals(HCL_SIGNATURE)) return undefined;
     const type = await nvRead(transport, HCL_REPORT_NV_INDEX, HCL_REPORT_TYPE_OFFSET, 4);
-    if (!type || type.length !== 4) return undefined;
     switch (type.readUInt32LE(0)) {
       case HCL_REPORT_TYPE_SNP:
         return 'az-snp-vtpm';
@@ -75,45 +179,4 @@ export async function readHclTeeType(transport: TpmTransport): Promise<'az-snp-v
   } catch {
     return undefined;
   }
-}
-
-/** TPM2_NV_ReadPublic → TPMS_NV_PUBLIC.dataSize, or undefined if the index does not exist. */
-async function nvDataSize(transport: TpmTransport, index: number): Promise<number | undefined> {
-  const cmd = Buffer.alloc(14);
-  cmd.writeUInt16BE(TPM_ST_NO_SESSIONS, 0);
-  cmd.writeUInt32BE(cmd.length, 2);
-  cmd.writeUInt32BE(TPM_CC_NV_READ_PUBLIC, 6);
-  cmd.writeUInt32BE(index, 10);
-  const rsp = await transport(cmd);
-  if (rsp.length < 10 || rsp.readUInt32BE(6) !== 0) return undefined;
-  // TPM2B_NV_PUBLIC: size u16, nvIndex u32, nameAlg u16, attributes u32, authPolicy TPM2B, dataSize u16
-  let i = 10 + 2 + 4 + 2 + 4;
-  if (rsp.length < i + 2) return undefined;
-  i += 2 + rsp.readUInt16BE(i);
-  if (rsp.length < i + 2) return undefined;
-  return rsp.readUInt16BE(i);
-}
-
-/** TPM2_NV_Read with owner authorisation (empty password session), as Azure's own tooling does. */
-async function nvRead(transport: TpmTransport, index: number, offset: number, size: number): Promise<Buffer | undefined> {
-  const cmd = Buffer.alloc(10 + 8 + 4 + 9 + 4);
-  let i = 0;
-  i = cmd.writeUInt16BE(TPM_ST_SESSIONS, i);
-  i = cmd.writeUInt32BE(cmd.length, i);
-  i = cmd.writeUInt32BE(TPM_CC_NV_READ, i);
-  i = cmd.writeUInt32BE(TPM_RH_OWNER, i);
-  i = cmd.writeUInt32BE(index, i);
-  i = cmd.writeUInt32BE(9, i); // authorizationSize
-  i = cmd.writeUInt32BE(TPM_RS_PW, i);
-  i = cmd.writeUInt16BE(0, i); // nonce
-  i = cmd.writeUInt8(0, i); // session attributes
-  i = cmd.writeUInt16BE(0, i); // hmac (empty password)
-  i = cmd.writeUInt16BE(size, i);
-  cmd.writeUInt16BE(offset, i);
-  const rsp = await transport(cmd);
-  if (rsp.length < 16 || rsp.readUInt32BE(6) !== 0) return undefined;
-  // response: header(10), parameterSize u32, TPM2B_MAX_NV_BUFFER
-  const len = rsp.readUInt16BE(14);
-  if (rsp.length < 16 + len) return undefined;
-  return Buffer.from(rsp.subarray(16, 16 + len));
 }

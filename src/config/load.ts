@@ -94,6 +94,7 @@ export function parseConfig(text: string, file: string): Config {
   cfg.attestation.sevGuestDevice = v.absPath(at, 'attestation.sev_guest_device') ?? cfg.attestation.sevGuestDevice;
   cfg.attestation.ccelPath = v.absPath(at, 'attestation.ccel_path') ?? cfg.attestation.ccelPath;
   cfg.attestation.addonPath = v.absPath(at, 'attestation.addon_path') ?? cfg.attestation.addonPath;
+  cfg.attestation.tpmDevice = v.absPath(at, 'attestation.tpm_device') ?? cfg.attestation.tpmDevice;
 
   cfg.cache.dir = v.absPath(cache, 'cache.dir') ?? cfg.cache.dir;
   cfg.cache.refreshMarginSeconds =
@@ -115,7 +116,7 @@ export function parseConfig(text: string, file: string): Config {
 
 const TABLES = {
   kbs: ['url', 'cert', 'allow_http', 'timeout_ms', 'total_timeout_ms', 'tee_key_algorithm', 'protocol'],
-  attestation: ['tee', 'snp_vmpl', 'configfs_tsm_root', 'tdx_guest_device', 'sev_guest_device', 'ccel_path', 'addon_path'],
+  attestation: ['tee', 'snp_vmpl', 'configfs_tsm_root', 'tdx_guest_device', 'sev_guest_device', 'ccel_path', 'addon_path', 'tpm_device'],
   cache: ['dir', 'refresh_margin_seconds', 'lock_timeout_ms'],
   log: ['level', 'file', 'syslog', 'format'],
   keyprovider: ['timeout_ms'],

@@ -36,6 +36,8 @@ export interface AttestationConfig {
   ccelPath: string;
   /** Where the N-API addon is looked for before falling back to the copy embedded in the executable. */
   addonPath: string;
+  /** TPM character device of the Azure CVM vTPM attesters (kernel resource manager). */
+  tpmDevice: string;
 }
 
 export interface CacheConfig {
@@ -93,6 +95,7 @@ export function defaultConfig(): Config {
       sevGuestDevice: '/dev/sev-guest',
       ccelPath: '/sys/firmware/acpi/tables/data/CCEL',
       addonPath: '/usr/lib/coco-decoder/tee.node',
+      tpmDevice: '/dev/tpmrm0',
     },
     cache: { dir: '/run/coco-decoder', refreshMarginSeconds: 30, lockTimeoutMs: 60_000 },
     log: { level: 'error', file: undefined, syslog: false, format: 'text' },

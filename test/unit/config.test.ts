@@ -41,6 +41,7 @@ tdx_guest_device = "/dev/tdx-guest"
 sev_guest_device = "/dev/sev-guest0"
 ccel_path = "/tmp/ccel"
 addon_path = "/opt/tee.node"
+tpm_device = "/dev/tpmrm1"
 
 [cache]
 dir = "/run/coco"
@@ -110,6 +111,7 @@ describe('keys', () => {
         sevGuestDevice: '/dev/sev-guest0',
         ccelPath: '/tmp/ccel',
         addonPath: '/opt/tee.node',
+        tpmDevice: '/dev/tpmrm1',
       },
       cache: { dir: '/run/coco', refreshMarginSeconds: 0, lockTimeoutMs: 1000 },
       log: { level: 'debug', file: '/var/log/coco-decoder.log', syslog: true, format: 'json' },

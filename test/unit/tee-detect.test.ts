@@ -4,7 +4,7 @@ import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { defaultConfig, type AttestationConfig } from '../../src/config/types.js';
 import { detectTee, type DetectOptions } from '../../src/attest/detect.js';
-import { AZURE_CHASSIS_ASSET_TAG, createAzureVtpmAttester, readHclTeeType, type TpmTransport } from '../../src/attest/azure-vtpm.js';
+import { AZURE_CHASSIS_ASSET_TAG, readHclTeeType, type TpmTransport } from '../../src/attest/azure-vtpm.js';
 import { createAttester } from '../../src/attest/select.js';
 import { FakeTsm } from './tee-fake-configfs.js';
 
@@ -144,13 +144,5 @@ describe('TEE detection (guest-components order)', () => {
   it('finally the SEV-SNP platform device', async () => {
     mkdirSync(opts.sevPlatformDir!);
     expect(await detectTee(config, opts)).toBe('snp');
-  });
-});
-
-describe('Azure vTPM attester', () => {
-  it('says plainly that it is not implemented instead of producing evidence', async () => {
-    const cfg = defaultConfig().attestation;
-    expect(() => createAzureVtpmAttester('az-snp-vtpm', cfg)).toThrow(/Azure vTPM attester \(az-snp-vtpm\) is not implemented yet/);
-    await expect(createAttester({ ...cfg, tee: 'az-tdx-vtpm' })).rejects.toThrow(/az-tdx-vtpm\) is not implemented yet/);
   });
 });
