@@ -21,7 +21,8 @@ export interface PayloadDescriptor {
 /** ocicrypt `DecryptConfig.Parameters` (Go `map[string][][]byte`); `null` items are Go nil. */
 export type PayloadParameters = Record<string, Array<Buffer | null>>;
 
-function varint(n: number): Buffer {
+/** A protobuf base-128 varint. */
+export function varint(n: number): Buffer {
   if (!Number.isSafeInteger(n) || n < 0) throw new Error(`varint out of range: ${n}`);
   const bytes: number[] = [];
   let v = n;
@@ -34,7 +35,7 @@ function varint(n: number): Buffer {
 }
 
 /** A length-delimited protobuf field (wire type 2). */
-function lengthDelimited(field: number, data: Buffer): Buffer {
+export function lengthDelimited(field: number, data: Buffer): Buffer {
   return Buffer.concat([varint((field << 3) | 2), varint(data.length), data]);
 }
 
@@ -75,8 +76,10 @@ export function payloadJson(descriptor: PayloadDescriptor, params?: PayloadParam
 
 /** The exact bytes containerd writes to fd 3 for `descriptor` (and optional decrypt parameters). */
 export function encodePayload(descriptor: PayloadDescriptor, params?: PayloadParameters): Buffer {
-  return Buffer.concat([
-    lengthDelimited(1, Buffer.from(PAYLOAD_TYPE_URL, 'utf8')),
-    lengthDelimited(2, Buffer.from(payloadJson(descriptor, params), 'utf8')),
-  ]);
+  return encodeAny(PAYLOAD_TYPE_URL, Buffer.from(payloadJson(descriptor, params), 'utf8'));
+}
+
+/** A protobuf `google.protobuf.Any`: field 1 `type_url`, field 2 `value`. */
+export function encodeAny(typeUrl: string, value: Buffer): Buffer {
+  return Buffer.concat([lengthDelimited(1, Buffer.from(typeUrl, 'utf8')), lengthDelimited(2, value)]);
 }

@@ -10,11 +10,11 @@ import { basename, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseDecodeArgs, mergeParameters } from '../../src/cli/decode.js';
 import { VERSION } from '../../src/version.js';
+import { encodeAny, PAYLOAD_TYPE_URL } from '../helpers/payload.js';
 
 const ROOT = join(import.meta.dirname, '../..');
 const FIX = join(ROOT, 'test/fixtures');
 const V131 = join(FIX, 'ocicrypt-v1.3.1');
-const PAYLOAD_TYPE_URL = 'io.containerd.ocicrypt.v1.Payload';
 
 interface Descriptor {
   mediaType: string;
@@ -32,22 +32,9 @@ function ociLayer(dir: string): { descriptor: Descriptor; blob: Buffer } {
   return { descriptor, blob: blob(descriptor.digest) };
 }
 
-function varint(n: number): Buffer {
-  const out: number[] = [];
-  do {
-    let b = n % 128;
-    n = Math.floor(n / 128);
-    if (n > 0) b |= 0x80;
-    out.push(b);
-  } while (n > 0);
-  return Buffer.from(out);
-}
-
 /** What containerd writes to fd 3: protobuf Any{type_url, value: JSON(imgcrypt.Payload)}. */
 function payloadFor(descriptor: Descriptor, parameters: Record<string, Array<string | null>> | null = null, typeUrl = PAYLOAD_TYPE_URL): Buffer {
-  const json = Buffer.from(JSON.stringify({ DecryptConfig: { Parameters: parameters }, Descriptor: descriptor }));
-  const url = Buffer.from(typeUrl);
-  return Buffer.concat([Buffer.from([0x0a]), varint(url.length), url, Buffer.from([0x12]), varint(json.length), json]);
+  return encodeAny(typeUrl, Buffer.from(JSON.stringify({ DecryptConfig: { Parameters: parameters }, Descriptor: descriptor })));
 }
 
 interface CliResult {

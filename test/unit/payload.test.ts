@@ -6,27 +6,14 @@ import { PAYLOAD_TYPE_URL, decodeAny, decodePayload, parsePayloadJson } from '..
 import { decodeStdBase64, goBytes } from '../../src/streamprocessor/gojson.js';
 import { checkLayerMediaType } from '../../src/streamprocessor/mediatype.js';
 import { describeError } from '../../src/util/errors.js';
+import { encodeAny, lengthDelimited as ld } from '../helpers/payload.js';
 
 const FIX = join(import.meta.dirname, '../fixtures');
 const V131 = join(FIX, 'ocicrypt-v1.3.1');
 const read = (p: string): Buffer => readFileSync(p);
 
-/** protobuf length-delimited field. */
-function ld(field: number, bytes: Buffer): Buffer {
-  return Buffer.concat([varint(field * 8 + 2), varint(bytes.length), bytes]);
-}
-function varint(n: number): Buffer {
-  const out: number[] = [];
-  do {
-    let b = n % 128;
-    n = Math.floor(n / 128);
-    if (n > 0) b |= 0x80;
-    out.push(b);
-  } while (n > 0);
-  return Buffer.from(out);
-}
 function anyOf(json: string, typeUrl = PAYLOAD_TYPE_URL): Buffer {
-  return Buffer.concat([ld(1, Buffer.from(typeUrl)), ld(2, Buffer.from(json))]);
+  return encodeAny(typeUrl, Buffer.from(json));
 }
 function errorOf(fn: () => unknown): string {
   try {
