@@ -12,11 +12,11 @@ import { randomBytes } from 'node:crypto';
 import { lstat, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startTestKbs, type TestKbs, type TestKbsCounters, type TestKbsOptions } from '../kbs/server.js';
 import { aaRecipient, encryptImage, type KbsKek } from '../helpers/encrypt-image.js';
 import { buildImage, readImage } from '../helpers/oci-image.js';
-import { builtDecoderPath, chainIdOf, freePort, startStack, stopStack, type Stack } from './harness/index.js';
+import { builtDecoderPath, chainIdOf, freePort, printDiagnosticsOnFailure, startStack, stopStack, type Stack } from './harness/index.js';
 
 const CONFIG_ENV = 'COCO_DECODER_CONFIG';
 const PULL_DEADLINE_MS = 60_000;
@@ -257,11 +257,7 @@ afterAll(async () => {
   }
 });
 
-beforeEach((ctx) => {
-  ctx.onTestFailed(() => {
-    if (stack) console.error(`[${ctx.task.name}] diagnostics:\n${stack.diagnostics(30)}`);
-  });
-});
+printDiagnosticsOnFailure(() => stack);
 
 afterEach(async () => {
   for (const ref of pulled) await stack?.cri.removeImage(ref).catch(() => undefined);

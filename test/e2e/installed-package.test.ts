@@ -14,7 +14,7 @@ import { randomBytes } from 'node:crypto';
 import { lstat, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { parse as parseToml } from 'smol-toml';
 import { startTestKbs, type TestKbs } from '../kbs/server.js';
 import { aaRecipient, encryptImage } from '../helpers/encrypt-image.js';
@@ -30,6 +30,7 @@ import {
   startStack,
   stopStack,
   type Stack,
+  printDiagnosticsOnFailure,
 } from './harness/index.js';
 import {
   HostChanges,
@@ -213,11 +214,7 @@ afterAll(async () => {
   if (problems.length > 0) throw new Error(`clean-up of the real root incomplete:\n${problems.join('\n')}`);
 }, 180_000);
 
-beforeEach((ctx) => {
-  ctx.onTestFailed(() => {
-    if (stack) console.error(`[${ctx.task.name}] diagnostics:\n${stack.diagnostics(30)}`);
-  });
-});
+printDiagnosticsOnFailure(() => stack);
 
 afterEach(async () => {
   for (const ref of pulled) await stack?.cri.removeImage(ref).catch(() => undefined);

@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, rm, symlink, copyFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import {
   REPO_ROOT,
   blobPath,
@@ -24,6 +24,7 @@ import {
   stopStack,
   writePlainLayout,
   type Stack,
+  printDiagnosticsOnFailure,
 } from './harness/index.js';
 
 const FIXTURES = path.join(REPO_ROOT, 'test', 'fixtures', 'ocicrypt');
@@ -129,11 +130,7 @@ afterAll(async () => {
   }
 });
 
-beforeEach((ctx) => {
-  ctx.onTestFailed(() => {
-    if (stack) console.error(`[${ctx.task.name}] diagnostics:\n${stack.diagnostics(30)}`);
-  });
-});
+printDiagnosticsOnFailure(() => stack);
 
 afterEach(async () => {
   // Remove what the test pulled so the next test's unpack starts from nothing (CRI deletes synchronously).

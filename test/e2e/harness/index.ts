@@ -3,6 +3,7 @@
  * our stream processors, a CRI image client and a snapshot inspector. No doubles anywhere.
  */
 import { existsSync } from 'node:fs';
+import { beforeEach } from 'vitest';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startContainerd, type Containerd, type ContainerdOptions } from './containerd.js';
@@ -119,4 +120,14 @@ export async function pullExpectingFailure(
     }
     throw new Error(`pull of ${ref} succeeded (image ${imageRef}) but was expected to fail`);
   }
+}
+
+/** Registers a hook that prints the stack's diagnostics (containerd and registry log tails) when a test fails. */
+export function printDiagnosticsOnFailure(getStack: () => Stack | undefined): void {
+  beforeEach((ctx) => {
+    ctx.onTestFailed(() => {
+      const stack = getStack();
+      if (stack) console.error(`[${ctx.task.name}] diagnostics:\n${stack.diagnostics(30)}`);
+    });
+  });
 }
