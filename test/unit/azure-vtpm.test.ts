@@ -18,6 +18,9 @@ import { createAzureVtpmAttester, type AzSnpVtpmEvidence, type AzTdxVtpmEvidence
 import { httpAzureImds, pemCertificateToDer, type AzureImds } from '../../src/attest/azure-imds.js';
 import { parseQuoteAttest } from '../../src/attest/tpm/attest.js';
 
+/** POSIX single-quoting for one shell word. */
+const shellQuote = (s: string): string => `'${s.replaceAll("'", `'\\''`)}'`;
+
 const FIX = path.join(import.meta.dirname, '..', 'fixtures', 'tee');
 const TOOLS = ['swtpm', 'tpm2_createprimary', 'tpm2_evictcontrol', 'tpm2_readpublic', 'tpm2_nvdefine', 'tpm2_nvundefine', 'tpm2_nvwrite', 'tpm2_nvread', 'tpm2_nvreadpublic', 'tpm2_pcrextend', 'tpm2_pcrread'];
 const missing = TOOLS.filter((t) => spawnSync('sh', ['-c', `command -v ${t}`]).status !== 0);
@@ -138,7 +141,8 @@ describe.skipIf(SKIP !== '')('Azure vTPM attesters on swtpm', () => {
       execFile(
         args[0]!,
         args.slice(1),
-        { env: { ...process.env, TPM2TOOLS_TCTI: `cmd:${process.execPath} ${path.join(dir, 'bridge.mjs')} ${proxySock}` }, encoding: 'buffer', timeout: 20_000 },
+        // The cmd TCTI hands its string to `sh -c`: quote each word (the checkout may live in a path with spaces).
+        { env: { ...process.env, TPM2TOOLS_TCTI: `cmd:${[process.execPath, path.join(dir, 'bridge.mjs'), proxySock].map(shellQuote).join(' ')}` }, encoding: 'buffer', timeout: 20_000 },
         (err, stdout, stderr) => (err ? reject(new Error(`${args.join(' ')}: ${stderr.toString()}`)) : resolve(stdout)),
       );
     });

@@ -19,6 +19,7 @@ import {
   UAPI_LAYOUT,
   type TeeAddon,
 } from '../../src/attest/native.js';
+import { findNobody, stageForUnprivileged } from '../helpers/unprivileged.js';
 import { ADDON, ensureAddonBuilt, REPO } from './tee-native-helpers.js';
 
 const FIX = path.join(REPO, 'test', 'fixtures', 'tee');
@@ -71,20 +72,40 @@ describe('addon against real files', () => {
     expect(x.details.op).toBe('SNP_GET_EXT_REPORT');
   });
 
-  it.skipIf(process.getuid?.() !== 0)('maps EACCES for an unprivileged caller (child process as nobody)', () => {
-    const dev = path.join(dir, 'root-only-device');
-    writeFileSync(dev, 'x');
-    chmodSync(dev, 0o600);
-    chmodSync(dir, 0o755);
-    const script =
-      `const m={exports:{}};process.dlopen(m,${JSON.stringify(ADDON)});` +
-      `m.exports.tdxGetReport0(${JSON.stringify(dev)},Buffer.alloc(64)).then(()=>console.log('{}'),e=>console.log(JSON.stringify({...e,message:e.message})))`;
-    const out = execFileSync(process.execPath, ['-e', script], { uid: 65534, gid: 65534, encoding: 'utf8', timeout: 20_000 });
-    const raw = Object.assign(new Error(''), JSON.parse(out) as object);
-    const e = classifyDeviceError(raw) as TeeDeviceError;
-    expect(e).toBeInstanceOf(TeeDeviceError);
-    expect(e.kind).toBe('TEE_PERMISSION');
-    expect(e.details).toMatchObject({ code: 'EACCES', syscall: 'open' });
+  // The child (node + addon) runs as `nobody`, so both are staged outside the checkout, whose ancestors may be 0700.
+  const nobody = findNobody();
+  it.skipIf('skip' in nobody)(`maps EACCES for an unprivileged caller (child process as nobody)${'skip' in nobody ? `: skipped, ${nobody.skip}` : ''}`, (ctx) => {
+    if ('skip' in nobody) return;
+    const stage = stageForUnprivileged([process.execPath, ADDON], 'tee-native-nobody-');
+    if ('skip' in stage) {
+      console.warn(`[tee-native] ${stage.skip}`);
+      ctx.skip();
+      return;
+    }
+    try {
+      const node = stage.staged.get(process.execPath)!;
+      const addonCopy = stage.staged.get(ADDON)!;
+      // The device is readable by root only, in a directory nobody *can* traverse: EACCES comes from the open()
+      // of the device itself, not from a path it could not reach.
+      const dev = path.join(stage.dir, 'root-only-device');
+      writeFileSync(dev, 'x');
+      chmodSync(dev, 0o600);
+      const script =
+        `const m={exports:{}};process.dlopen(m,${JSON.stringify(addonCopy)});` +
+        `m.exports.tdxGetReport0(${JSON.stringify(dev)},Buffer.alloc(64)).then(()=>console.log('{}'),e=>console.log(JSON.stringify({...e,message:e.message})))`;
+      const out = execFileSync(node, ['-e', script], { uid: nobody.uid, gid: nobody.gid, cwd: stage.dir, encoding: 'utf8', timeout: 20_000 });
+      const raw = Object.assign(new Error(''), JSON.parse(out) as object);
+      const e = classifyDeviceError(raw) as TeeDeviceError;
+      expect(e).toBeInstanceOf(TeeDeviceError);
+      expect(e.kind).toBe('TEE_PERMISSION');
+      expect(e.details).toMatchObject({ code: 'EACCES', syscall: 'open' });
+      // The same device made accessible to everyone no longer fails with EACCES: the denial above was the permission check.
+      chmodSync(dev, 0o666);
+      const again = execFileSync(node, ['-e', script], { uid: nobody.uid, gid: nobody.gid, cwd: stage.dir, encoding: 'utf8', timeout: 20_000 });
+      expect((JSON.parse(again) as { code?: string }).code).not.toBe('EACCES');
+    } finally {
+      stage.cleanup();
+    }
   });
 
   it('refuses malformed arguments synchronously (programming errors, not device errors)', () => {
