@@ -4,6 +4,7 @@
  * per-layer path loads only what it needs.
  */
 import { describeError } from './util/errors.js';
+import { boundedLine } from './util/quote.js';
 
 type Subcommand = (argv: string[]) => Promise<number>;
 
@@ -27,7 +28,7 @@ main(process.argv.slice(2)).then(
     process.exitCode = code;
   },
   (err: unknown) => {
-    process.stderr.write(`coco-decoder: ${describeError(err)}\n`);
+    process.stderr.write(`${boundedLine(`coco-decoder: ${describeError(err)}`)}\n`);
     process.exitCode = 1;
   },
 );

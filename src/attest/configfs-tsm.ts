@@ -12,6 +12,7 @@
 import { constants as fsConstants, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { DecoderError } from '../util/errors.js';
+import { quoteUntrusted } from '../util/quote.js';
 
 export type TsmProvider = 'tdx_guest' | 'sev_guest' | 'arm_cca_guest';
 const KNOWN_PROVIDERS: readonly string[] = ['tdx_guest', 'sev_guest', 'arm_cca_guest'];
@@ -235,7 +236,7 @@ async function readProvider(fs: TsmFs, dir: string): Promise<string> {
   // The kernel prints "<name>\n"; anything else is not a provider we know how to talk to.
   const name = text.endsWith('\n') ? text.slice(0, -1) : text;
   if (!KNOWN_PROVIDERS.includes(name)) {
-    throw new TsmError(`configfs-tsm provider ${JSON.stringify(text)} is not one coco-decoder supports`, 'TSM_WRONG_PROVIDER');
+    throw new TsmError(`configfs-tsm provider ${quoteUntrusted(text, 80)} is not one coco-decoder supports`, 'TSM_WRONG_PROVIDER');
   }
   return name;
 }
@@ -249,7 +250,7 @@ async function readGeneration(fs: TsmFs, dir: string): Promise<bigint> {
     throw new TsmError(`cannot read ${file}: ${errText(err)}`, 'TSM_IO', errCode(err), err);
   }
   const m = /^(\d{1,20})\n?$/.exec(text);
-  if (!m) throw new TsmError(`${file} holds ${JSON.stringify(text)}, not a generation number`, 'TSM_IO');
+  if (!m) throw new TsmError(`${file} holds ${quoteUntrusted(text, 80)}, not a generation number`, 'TSM_IO');
   return BigInt(m[1]!);
 }
 

@@ -12,6 +12,7 @@ import type { LayerDecipher } from '../ocicrypt/layer-decipher.js';
 import type { DecryptParameters, UnwrapAudit } from '../ocicrypt/keywrap/keywrapper.js';
 import { DecoderError, describeError } from '../util/errors.js';
 import { LOG_LEVELS, createLogger, isLogLevel } from '../util/log.js';
+import { boundedLine, quoteUntrusted } from '../util/quote.js';
 import type { Logger } from '../util/log.js';
 import { VERSION } from '../version.js';
 
@@ -165,7 +166,7 @@ async function decryptStdio(decipher: LayerDecipher): Promise<number> {
 /** The digest comes from untrusted JSON: show it only if it looks like one, else quoted and bounded. */
 function printableDigest(digest: string): string {
   if (/^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{1,256}$/.test(digest)) return digest;
-  return JSON.stringify(digest.length > 80 ? `${digest.slice(0, 80)}...` : digest);
+  return quoteUntrusted(digest, 80);
 }
 
 /** What the audit log records about a layer, filled in as decoding proceeds. */
@@ -221,7 +222,7 @@ async function decodeLayer(args: DecodeArgs, logger: Logger, configs: ConfigSour
       import('../ocicrypt/unwrap-layer-key.js'),
       import('../ocicrypt/keywrap/registry.js'),
     ]);
-  const { checkPublicOptions, layerCipherOptions, parsePrivateOptions, publicOptionsFromAnnotations } = options;
+  const { checkPublicOptions, cipherOptionsFromUnwrapped, publicOptionsFromAnnotations } = options;
   const payloadBytes = await readPayloadFd();
   const payload = decodePayload(payloadBytes);
   payloadBytes.fill(0); // ctr-enc payloads carry private keys
@@ -282,14 +283,18 @@ async function decodeLayer(args: DecodeArgs, logger: Logger, configs: ConfigSour
     zeroParameters(params);
   }
 
-  const priv = parsePrivateOptions(privopts);
-  privopts.fill(0);
+  let cipherOptions: ReturnType<typeof cipherOptionsFromUnwrapped>;
+  try {
+    cipherOptions = cipherOptionsFromUnwrapped(pub, privopts, audit.scheme ?? 'unknown');
+  } finally {
+    privopts.fill(0);
+  }
   const { LayerDecipher } = await import('../ocicrypt/layer-decipher.js');
   let decipher: LayerDecipher;
   try {
-    decipher = new LayerDecipher(layerCipherOptions(pub, priv));
+    decipher = new LayerDecipher(cipherOptions);
   } finally {
-    priv.symkey?.fill(0);
+    cipherOptions.key.fill(0);
   }
   // Field values are quoted and bounded by the logger: the digest is untrusted input.
   const layer = descriptor.digest;
@@ -357,7 +362,7 @@ export async function run(argv: string[]): Promise<number> {
   try {
     args = parseDecodeArgs(argv);
   } catch (err) {
-    process.stderr.write(`coco-decoder: ${describeError(err)} (see --help)\n`);
+    process.stderr.write(`${boundedLine(`coco-decoder: ${describeError(err)} (see --help)`)}\n`);
     return 1;
   }
   if (args.help) {
@@ -380,7 +385,8 @@ export async function run(argv: string[]): Promise<number> {
     code = 1;
     error = describeError(err);
     const where = facts.digest ? `layer ${printableDigest(facts.digest)}: ` : '';
-    process.stderr.write(`coco-decoder: ${where}${error}\n`);
+    // containerd puts this line into the pull error (kubectl describe): one line, control-free, at most 4 KiB.
+    process.stderr.write(`${boundedLine(`coco-decoder: ${where}${error}`)}\n`);
   }
   await auditLayer(configs, logger, facts, startedMs, error);
   if (code !== 0) await holdStdoutOnFailure();

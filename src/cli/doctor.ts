@@ -14,6 +14,7 @@ import type { KbsHttp } from '../kbs/http.js';
 import { parseResourceUri } from '../kbs/resource-uri.js';
 import type { ResourceUri } from '../kbs/resource-uri.js';
 import { describeError } from '../util/errors.js';
+import { boundedLine } from '../util/quote.js';
 import { VERSION } from '../version.js';
 import { checkAttestation } from './doctor/attestation-rung.js';
 import { checkCache } from './doctor/cache-rung.js';
@@ -122,7 +123,7 @@ export async function run(argv: string[]): Promise<number> {
     }).values;
     if (values.kid !== undefined) kid = parseResourceUri(values.kid);
   } catch (err) {
-    process.stderr.write(`coco-decoder doctor: ${describeError(err)} (see --help)\n`);
+    process.stderr.write(`${boundedLine(`coco-decoder doctor: ${describeError(err)} (see --help)`)}\n`);
     return 2;
   }
   if (values.help) {

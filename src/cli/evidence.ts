@@ -11,6 +11,7 @@ import { parseArgs } from 'node:util';
 import type { TeeSelection } from '../config/types.js';
 import { TEE_TYPES } from '../attest/attester.js';
 import { DecoderError, describeError } from '../util/errors.js';
+import { boundedLine } from '../util/quote.js';
 
 const USAGE =
   'usage: coco-decoder evidence [--config PATH] [--tee auto|tdx|snp|az-tdx-vtpm|az-snp-vtpm|sample] [--report-data HEX]';
@@ -32,7 +33,7 @@ export async function run(argv: string[]): Promise<number> {
       },
     }).values;
   } catch (err) {
-    process.stderr.write(`coco-decoder evidence: ${describeError(err)}\n${USAGE}\n`);
+    process.stderr.write(`${boundedLine(`coco-decoder evidence: ${describeError(err)}`)}\n${USAGE}\n`);
     return 2;
   }
   if (opts.help) {
@@ -52,7 +53,7 @@ export async function run(argv: string[]): Promise<number> {
     process.stdout.write(`${JSON.stringify(evidence)}\n`);
     return 0;
   } catch (err) {
-    process.stderr.write(`coco-decoder evidence: ${describeError(err)}\n`);
+    process.stderr.write(`${boundedLine(`coco-decoder evidence: ${describeError(err)}`)}\n`);
     return 1;
   }
 }

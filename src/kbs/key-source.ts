@@ -1,7 +1,9 @@
 /**
  * The one place a KBS resource (a KEK) comes from. Warm path: a cached token and its key → one GET. Cold path:
  * take the cross-process lock, re-check the cache (another process may just have attested), attest, store, GET.
- * A cached token the KBS refuses (401) triggers one re-attestation. Each call attests at most once.
+ * A cached token the KBS refuses (401) triggers one re-attestation, once per process: a layer whose annotation
+ * lists many kids must not turn into many attestations. A policy denial is final: a new token would be judged by
+ * the same policy, so it is not a stale-token symptom.
  */
 import type { Attester } from '../attest/attester.js';
 import type { Config } from '../config/types.js';
@@ -65,6 +67,8 @@ interface Credentials {
 }
 
 const MAX_CREDENTIAL_ROUNDS = 3;
+/** Re-attestations after a cached token was refused, for the whole process (every getResource call together). */
+const MAX_REATTESTATIONS_PER_PROCESS = 1;
 const COOKIE_SAFETY_MS = 5000;
 
 export function createKeySource(opts: KeySourceOptions): KeySource {
@@ -81,6 +85,7 @@ export function createKeySource(opts: KeySourceOptions): KeySource {
   let attesterP: Promise<Attester> | undefined;
   /** Process-local copy, so several keys in one layer (or a cache-less setup) attest once. */
   let memo: Credentials | undefined;
+  let reattestations = 0;
 
   const http = (): Promise<KbsHttp> =>
     (httpP ??= KbsHttp.create({ baseUrl: kbsUrl, certPath: config.kbs.cert, timeoutMs: config.kbs.timeoutMs, env: opts.env ?? process.env }));
@@ -151,6 +156,8 @@ export function createKeySource(opts: KeySourceOptions): KeySource {
         } catch (err) {
           // A token we did not just obtain may have expired or been revoked server-side: re-attest (once).
           if (creds.fresh || !isTokenProblem(err) || round >= MAX_CREDENTIAL_ROUNDS) throw err;
+          if (reattestations >= MAX_REATTESTATIONS_PER_PROCESS) throw err;
+          reattestations++;
           // Not deleted from the cache: the new attestation overwrites it, and meanwhile it still carries the dialect.
           rejected.add(creds.token);
           memo = undefined;
@@ -178,9 +185,12 @@ export function createKeySource(opts: KeySourceOptions): KeySource {
   }
 }
 
-/** 401s that a new token can fix; a missing resource (trustee's PluginInternalError 401) is not one of them. */
+/**
+ * 401s that a new token can fix. Not a missing resource (trustee's PluginInternalError 401), and not a policy
+ * denial: the policy would judge a new token's claims the same way, so re-attesting only amplifies the load.
+ */
 function isTokenProblem(err: unknown): boolean {
-  return err instanceof KbsError && ['token-rejected', 'policy-denied', 'unauthorized', 'decrypt-failed'].includes(err.kind);
+  return err instanceof KbsError && ['token-rejected', 'unauthorized', 'decrypt-failed'].includes(err.kind);
 }
 
 function cookieIfValid(cookie: SessionCookie | undefined): string | undefined {

@@ -9,6 +9,7 @@ import { DecoderError } from '../util/errors.js';
 import { canonicalJson } from './canonical-json.js';
 import type { CanonicalValue } from './canonical-json.js';
 import type { JweKeyAlgorithm, TeeJwk } from './tee-key.js';
+import { quoteUntrusted } from '../util/quote.js';
 
 export type ProtocolVersion = '0.4.0' | '0.2.0';
 export const SUPPORTED_PROTOCOLS: readonly ProtocolVersion[] = ['0.4.0', '0.2.0'];
@@ -58,7 +59,7 @@ export function selectedHashAlgorithm(challenge: Challenge): HashAlgorithm {
   const chosen = extra['selected-hash-algorithm'];
   const name = typeof chosen === 'string' ? chosen.toLowerCase() : '';
   if (!(SUPPORTED_HASHES as readonly string[]).includes(name)) {
-    throw malformed('/auth', `the KBS selected an unsupported hash algorithm ${JSON.stringify(chosen)}`);
+    throw malformed('/auth', `the KBS selected an unsupported hash algorithm ${quoteUntrusted(chosen, 64)}`);
   }
   return name as HashAlgorithm;
 }
@@ -177,10 +178,10 @@ export function parseResourceJwe(body: unknown, expectedAlg: JweKeyAlgorithm): F
   }
   if (!isObject(header)) throw malformed('/resource', 'the JWE protected header is not a JSON object');
   if (header['alg'] !== expectedAlg) {
-    throw malformed('/resource', `the JWE uses alg ${JSON.stringify(header['alg'])}, expected ${expectedAlg} for our TEE key`);
+    throw malformed('/resource', `the JWE uses alg ${quoteUntrusted(header['alg'], 64)}, expected ${expectedAlg} for our TEE key`);
   }
   if (header['enc'] !== 'A256GCM') {
-    throw malformed('/resource', `the JWE uses enc ${JSON.stringify(header['enc'])}, expected A256GCM`);
+    throw malformed('/resource', `the JWE uses enc ${quoteUntrusted(header['enc'], 64)}, expected A256GCM`);
   }
   if (Buffer.from(jwe.iv, 'base64url').length !== 12 || Buffer.from(jwe.tag, 'base64url').length !== 16) {
     throw malformed('/resource', 'the JWE iv/tag have the wrong length for A256GCM');

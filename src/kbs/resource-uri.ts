@@ -6,6 +6,7 @@
  * opaque 401 after a full attestation. Parsed by hand rather than with WHATWG URL, which would normalise `..`.
  */
 import { DecoderError } from '../util/errors.js';
+import { quoteUntrusted } from '../util/quote.js';
 
 export interface ResourceUri {
   /** The authority written in the kid (informational only; never used to connect). */
@@ -28,7 +29,7 @@ const QUERY_RE = /^\?[A-Za-z0-9._~!$&'()*+,;=:@/?%-]*$/;
 const MAX_URI_LENGTH = 2048;
 
 export function parseResourceUri(kid: string): ResourceUri {
-  const shown = JSON.stringify(kid.length > 200 ? `${kid.slice(0, 200)}…` : kid);
+  const shown = quoteUntrusted(kid, 200);
   const bad = (why: string): DecoderError => new DecoderError(`invalid KBS resource URI ${shown} in kid: ${why}`);
   if (kid.length > MAX_URI_LENGTH) throw bad(`longer than ${MAX_URI_LENGTH} characters`);
   if (/^kbs\+[A-Za-z0-9-]+:/.test(kid) && !kid.startsWith('kbs+resource:')) {
@@ -37,7 +38,7 @@ export function parseResourceUri(kid: string): ResourceUri {
   const m = URI_RE.exec(kid);
   if (!m) throw bad('expected kbs:///<repository>/<type>/<tag>');
   const [, host = '', rawPath = '', query = ''] = m;
-  if (host !== '' && !AUTHORITY_RE.test(host)) throw bad(`malformed host "${host}"`);
+  if (host !== '' && !AUTHORITY_RE.test(host)) throw bad(`malformed host ${quoteUntrusted(host, 64)}`);
   if (query !== '' && !QUERY_RE.test(query)) throw bad('malformed query');
   const segments = rawPath.slice(1).split('/');
   if (segments.length !== 3) {
@@ -45,7 +46,7 @@ export function parseResourceUri(kid: string): ResourceUri {
   }
   for (const seg of segments) {
     if (!SEGMENT_RE.test(seg)) {
-      throw bad(`segment "${seg}" must match [A-Za-z0-9_-][A-Za-z0-9_.-]* (trustee's rule)`);
+      throw bad(`segment ${quoteUntrusted(seg, 64)} must match [A-Za-z0-9_-][A-Za-z0-9_.-]* (trustee's rule)`);
     }
   }
   const [repository, type, tag] = segments as [string, string, string];

@@ -43,8 +43,11 @@ export class LayerDecipher {
     this.#decipher.final();
     const actual = this.#hmac.digest();
     if (actual.length !== this.#expected.length || !timingSafeEqual(actual, this.#expected)) {
+      actual.fill(0);
+      // Only the expected HMAC (public, from pubopts) is shown: the one computed over an attacker's ciphertext
+      // under our key would hand out a MAC oracle (ocicrypt prints both).
       throw new DecoderError(
-        `could not properly decrypt byte stream; exp hmac: '${this.#expected.toString('hex')}', actual hmac: '${actual.toString('hex')}'`,
+        `could not properly decrypt byte stream; exp hmac: '${this.#expected.toString('hex')}': the layer's ciphertext does not match its HMAC (tampered or truncated)`,
         { stage: STAGE },
       );
     }

@@ -5,6 +5,7 @@
  */
 import { GoJsonError, decodeStdBase64, goBytes, goField, goMap, goString, goStruct, parseJson } from '../streamprocessor/gojson.js';
 import { DecoderError } from '../util/errors.js';
+import { quoteUntrusted } from '../util/quote.js';
 import { PUBOPTS_ANNOTATION } from './keywrap/keywrapper.js';
 
 export const LAYER_CIPHER = 'AES_256_CTR_HMAC_SHA256';
@@ -91,7 +92,10 @@ export function publicOptionsFromAnnotations(annotations: Record<string, string>
 /** Checks the public options on their own, before any key is unwrapped (no point attesting for a broken layer). */
 export function checkPublicOptions(pub: PublicLayerOptions): void {
   if (pub.cipher === '') throw fail('no cipher type provided');
-  if (pub.cipher !== LAYER_CIPHER) throw fail(`unsupported cipher type: ${pub.cipher}`);
+  if (pub.cipher !== LAYER_CIPHER) throw fail(`unsupported cipher type: ${quoteUntrusted(pub.cipher, 64)}`);
+  // ocicrypt writes the nonce into the private options only. One in the public (unauthenticated) options would
+  // let the registry choose the CTR counter: garbage that still passes the HMAC, which covers the ciphertext.
+  if (pub.cipherOptions?.has('nonce')) throw fail('the public layer options carry a nonce; ocicrypt keeps it in the private options only');
   if (pub.hmac === null || pub.hmac.length === 0) throw fail('HMAC is not provided for decryption process');
   if (pub.hmac.length !== HMAC_BYTES) {
     throw fail(`invalid HMAC length of ${pub.hmac.length} bytes; need ${HMAC_BYTES} bytes`);
@@ -99,14 +103,14 @@ export function checkPublicOptions(pub: PublicLayerOptions): void {
 }
 
 /**
- * Combines public and private options into the cipher parameters. The nonce is looked up in the public options
- * first, then the private ones (ocicrypt `GetOpt`); unlike ocicrypt, a missing nonce is an error, not a random one.
+ * Combines public and private options into the cipher parameters. The nonce comes from the private options only
+ * (see checkPublicOptions); unlike ocicrypt, a missing nonce is an error, not a random one.
  */
 export function layerCipherOptions(pub: PublicLayerOptions, priv: PrivateLayerOptions): LayerCipherOptions {
   checkPublicOptions(pub);
   const key = priv.symkey ?? Buffer.alloc(0);
   if (key.length !== KEY_BYTES) throw fail(`invalid key length of ${key.length} bytes; need ${KEY_BYTES} bytes`);
-  const nonce = pub.cipherOptions?.has('nonce') ? pub.cipherOptions.get('nonce') : priv.cipherOptions?.get('nonce');
+  const nonce = priv.cipherOptions?.get('nonce');
   if (nonce === undefined) {
     throw fail('no nonce in the layer cipher options (ocicrypt would silently use a random one and output garbage)');
   }
@@ -114,4 +118,28 @@ export function layerCipherOptions(pub: PublicLayerOptions, priv: PrivateLayerOp
     throw fail(`invalid nonce length of ${nonce?.length ?? 0} bytes; need ${NONCE_BYTES} bytes`);
   }
   return { key, nonce, hmac: pub.hmac! };
+}
+
+/**
+ * The cipher parameters from the private options a key wrapper just unwrapped. Any failure here is one fixed
+ * message per scheme: a message that varied with the decrypted bytes (bad JSON, bad base64, a key or nonce of the
+ * wrong length) would let whoever controls the wrapped bytes learn about their plaintext one pull at a time.
+ * The digest is returned for the optional plaintext check; the caller zeroes `key`.
+ */
+export function cipherOptionsFromUnwrapped(
+  pub: PublicLayerOptions,
+  privopts: Buffer,
+  scheme: string,
+): LayerCipherOptions & { digest: string } {
+  let priv: PrivateLayerOptions | undefined;
+  try {
+    priv = parsePrivateOptions(privopts);
+    const opts = layerCipherOptions(pub, priv);
+    return { key: Buffer.from(opts.key), nonce: Buffer.from(opts.nonce), hmac: opts.hmac, digest: priv.digest };
+  } catch {
+    throw fail(`the private layer options unwrapped with ${quoteUntrusted(scheme, 64)} are not valid`);
+  } finally {
+    priv?.symkey?.fill(0);
+    if (priv?.cipherOptions) for (const v of priv.cipherOptions.values()) v?.fill(0);
+  }
 }

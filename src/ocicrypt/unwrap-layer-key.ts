@@ -5,11 +5,19 @@
  */
 import { decodeStdBase64 } from '../streamprocessor/gojson.js';
 import { DecoderError, describeError, oneLine } from '../util/errors.js';
+import { quoteUntrusted } from '../util/quote.js';
 import { ANNOTATION_PREFIX, annotationFor, type KeyWrapper, type UnwrapAudit, type UnwrapContext } from './keywrap/keywrapper.js';
 
 const STAGE = 'call to DecryptLayer failed';
 const MISSING_KEY = 'missing private key needed for decryption';
 const NO_UNWRAPPER = 'no suitable key unwrapper found or none of the private keys could be used for decryption';
+/**
+ * Entries one scheme's annotation may list. ocicrypt writes one per recipient; a registry could write thousands,
+ * each a KBS round trip or an RSA operation.
+ */
+export const MAX_ENTRIES_PER_SCHEME = 8;
+/** Unknown scheme names echoed in an error, at most. */
+const MAX_NAMED_SCHEMES = 4;
 
 /** The key-wrap schemes a layer has annotations for (`jwe`, `pkcs7`, `provider.attestation-agent`, ...). */
 export function layerKeySchemes(annotations: Record<string, string>): string[] {
@@ -24,7 +32,11 @@ export function layerKeySchemes(annotations: Record<string, string>): string[] {
  */
 async function unwrapScheme(wrapper: KeyWrapper, b64: string, ctx: UnwrapContext): Promise<Buffer | null> {
   const entryErrors: string[] = [];
-  for (const item of b64.split(',')) {
+  const items = b64.split(',');
+  if (items.length > MAX_ENTRIES_PER_SCHEME) {
+    throw new Error(`the ${quoteUntrusted(wrapper.scheme, 64)} annotation lists ${items.length} wrapped keys; at most ${MAX_ENTRIES_PER_SCHEME} are tried`);
+  }
+  for (const item of items) {
     const entry = decodeStdBase64(item);
     if (entry === null) throw new Error('could not base64 decode the annotation');
     ctx.signal.throwIfAborted();
@@ -107,13 +119,16 @@ export async function unwrapLayerKey(
     causes.push(`no private key was given for ${withoutKeys.join(', ')} (see --decryption-keys-path)`);
   }
   if (unsupported.length > 0) causes.push(`${unsupported.join(', ')} not supported by coco-decoder`);
-  for (const scheme of present) {
+  // Scheme names come from annotation keys the registry wrote: quoted, bounded, and only a few of them.
+  const unknown = [...present];
+  for (const scheme of unknown.slice(0, MAX_NAMED_SCHEMES)) {
     causes.push(
       scheme.startsWith('provider.')
-        ? `key provider "${scheme.slice('provider.'.length)}" is not configured (OCICRYPT_KEYPROVIDER_CONFIG)`
-        : `unknown key-wrap scheme "${scheme}"`,
+        ? `key provider ${quoteUntrusted(scheme.slice('provider.'.length), 64)} is not configured (OCICRYPT_KEYPROVIDER_CONFIG)`
+        : `unknown key-wrap scheme ${quoteUntrusted(scheme, 64)}`,
     );
   }
+  if (unknown.length > MAX_NAMED_SCHEMES) causes.push(`and ${unknown.length - MAX_NAMED_SCHEMES} more unknown key-wrap schemes`);
   // ocicrypt says "missing private key" whenever no local key was given, even when a key provider (a KBS) was
   // asked and failed; that misleads the reader of a pull error, so then the provider's own cause leads.
   if (!privKeyGiven && attemptedAndFailed) {

@@ -2,6 +2,7 @@
  * The encrypted layer media types ctd-decoder decrypts (imgcrypt `encryption.go`). Docker `…+encrypted` and
  * `nondistributable…+encrypted` types are rejected upstream too (spec §8).
  */
+import { quoteUntrusted } from '../util/quote.js';
 import { DecoderError } from '../util/errors.js';
 
 export const ACCEPTED_LAYER_MEDIA_TYPES = [
@@ -19,7 +20,7 @@ export function isAcceptedLayerMediaType(mediaType: string): mediaType is Encryp
 /** Returns the media type when accepted; otherwise a one-line error naming what is accepted. */
 export function checkLayerMediaType(mediaType: string): EncryptedLayerMediaType {
   if (isAcceptedLayerMediaType(mediaType)) return mediaType;
-  const shown = mediaType === '' ? '(empty)' : JSON.stringify(mediaType.length > 120 ? `${mediaType.slice(0, 120)}...` : mediaType);
+  const shown = mediaType === '' ? '(empty)' : quoteUntrusted(mediaType, 120);
   throw new DecoderError(
     `unsupported layer media type ${shown}; accepted: ${ACCEPTED_LAYER_MEDIA_TYPES.join(', ')}`,
     { stage: 'call to DecryptLayer failed' },

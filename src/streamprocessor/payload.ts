@@ -3,6 +3,7 @@
  * imgcrypt's `Payload{DecryptConfig, Descriptor}` (spec §2.3). Decoded by hand: two length-delimited fields do not
  * justify a protobuf runtime, and we want strict bounds on untrusted input.
  */
+import { withoutControlChars } from '../util/quote.js';
 import type { DecryptParameters } from '../ocicrypt/keywrap/keywrapper.js';
 import { DecoderError } from '../util/errors.js';
 import {
@@ -110,7 +111,7 @@ export function decodeAny(buf: Buffer): ProtoAny {
 /** Printable, bounded rendering of an untrusted string for an error message. */
 function quoteForMessage(s: string): string {
   const shown = s.length > 80 ? `${s.slice(0, 80)}...` : s;
-  return JSON.stringify(shown).slice(1, -1);
+  return withoutControlChars(JSON.stringify(shown).slice(1, -1));
 }
 
 /** Plain assignment would let a `__proto__` key from untrusted JSON replace the prototype. */

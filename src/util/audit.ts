@@ -3,7 +3,8 @@
  * as `key=value` text or JSON (`log.format`). It records which key unlocked which layer, never a key.
  *
  * File: opened with O_APPEND and written with one `write` per line, so the lines of concurrent layer processes
- * never interleave (Linux serialises appends to a regular file); created 0640.
+ * never interleave (Linux serialises appends to a regular file); created 0640; O_NOFOLLOW, so a symlink planted
+ * at the path cannot redirect root's appends into another file.
  *
  * Syslog: `/dev/log` is a unix *datagram* socket under journald and rsyslog, and Node can only open unix stream
  * sockets. Rather than ship native socket code, the line is handed to `logger(1)` from util-linux (present on every
@@ -18,6 +19,7 @@ import { open } from 'node:fs/promises';
 import type { LogConfig } from '../config/types.js';
 import { describeError, oneLine } from './errors.js';
 import { formatFields, redact } from './log.js';
+import { withoutControlChars } from './quote.js';
 
 export interface AuditRecord {
   /** ISO 8601, UTC. */
@@ -75,10 +77,11 @@ export function formatAuditRecord(record: AuditRecord, format: 'text' | 'json'):
     result: record.result,
     error: record.error === undefined ? undefined : bounded(redact('error', oneLine(record.error)), MAX_ERROR),
   };
-  if (format === 'text') return formatFields(fields);
+  if (format === 'text') return withoutControlChars(formatFields(fields));
   const json: Record<string, string | number | boolean> = {};
   for (const [k, v] of Object.entries(fields)) if (v !== undefined) json[k] = v;
-  return JSON.stringify(json);
+  // Escapes (\uXXXX) only ever land inside JSON strings: the line stays valid JSON.
+  return withoutControlChars(JSON.stringify(json));
 }
 
 /** Appends/sends the record wherever `log.*` says. Never throws; problems go to `warn`. */
@@ -112,7 +115,7 @@ export async function writeAudit(record: AuditRecord, opts: AuditOptions): Promi
 /** One O_APPEND write of the whole line: atomic with respect to other appenders of the same regular file. */
 async function appendLine(file: string, line: string): Promise<void> {
   const bytes = Buffer.from(`${line}\n`, 'utf8');
-  const fh = await open(file, constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT, 0o640);
+  const fh = await open(file, constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW, 0o640);
   try {
     const { bytesWritten } = await fh.write(bytes, 0, bytes.length);
     if (bytesWritten !== bytes.length) throw new Error(`short write (${bytesWritten} of ${bytes.length} bytes)`);
@@ -133,12 +136,13 @@ function sendToSyslog(line: string, result: AuditRecord['result'], opts: AuditOp
     '--socket-errors=on',
     '-u',
     opts.syslogSocket ?? '/dev/log',
-    '--',
-    line,
   ];
+  // The line goes on stdin, never in argv: any local user can read /proc/<pid>/cmdline.
   const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
   return new Promise((resolve, reject) => {
-    const child = spawn(opts.loggerCommand ?? 'logger', args, { stdio: ['ignore', 'ignore', 'pipe'], timeout: timeoutMs });
+    const child = spawn(opts.loggerCommand ?? 'logger', args, { stdio: ['pipe', 'ignore', 'pipe'], timeout: timeoutMs });
+    child.stdin.on('error', () => undefined); // a logger that exits early reports through 'close'
+    child.stdin.end(`${line}\n`);
     const err: Buffer[] = [];
     child.stderr.on('data', (c: Buffer) => {
       if (err.length < 16) err.push(c);

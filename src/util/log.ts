@@ -9,6 +9,7 @@
  */
 import type { LogLevel } from '../config/types.js';
 import { oneLine } from './errors.js';
+import { withoutControlChars } from './quote.js';
 
 export type { LogLevel };
 export const LOG_LEVELS: readonly LogLevel[] = ['error', 'warn', 'info', 'debug'];
@@ -43,7 +44,8 @@ export function createLogger(level: LogLevel, sink: (line: string) => void = (l)
   function emit(at: LogLevel, message: string, fields: LogFields | undefined): void {
     if (!logger.enabled(at)) return;
     const rest = fields ? formatFields(fields) : '';
-    sink(`coco-decoder: ${at}: ${bounded(oneLine(message), MAX_MESSAGE)}${rest ? ` ${rest}` : ''}\n`);
+    // Messages may embed registry-supplied text: no control character reaches the terminal or journal raw.
+    sink(`coco-decoder: ${at}: ${withoutControlChars(bounded(oneLine(message), MAX_MESSAGE))}${rest ? ` ${rest}` : ''}\n`);
   }
   return logger;
 }
@@ -74,7 +76,8 @@ function formatValue(name: string, value: string | number | boolean): string {
   if (typeof value !== 'string') return '"[omitted]"'; // a caller bypassing the types (e.g. a Buffer): never printed
   const safe = redact(name, value);
   const text = bounded(safe, MAX_VALUE);
-  return BARE.test(text) ? text : JSON.stringify(text);
+  // JSON.stringify escapes C0; DEL, C1 and the Unicode line separators are escaped on top.
+  return BARE.test(text) ? text : withoutControlChars(JSON.stringify(text));
 }
 
 /** The value, or `[redacted]` when its name or shape says it is a secret. */

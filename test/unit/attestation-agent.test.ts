@@ -3,7 +3,7 @@
  * the CDH also accepts them (v2), unwrapped with a KEK fetched from the test KBS. The wrapped plaintext is the real
  * ocicrypt private-options fixture.
  */
-import { createCipheriv, randomBytes, randomUUID } from 'node:crypto';
+import { createCipheriv, createDecipheriv, randomBytes, randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -168,13 +168,20 @@ describe('annotation packet validation', () => {
     await expect(w.unwrap(entry, ctx())).rejects.toThrow(/exactly 3 path segments/);
   });
 
-  it('A256CTR (16-byte IV) is also unwrapped, as the CDH does', async () => {
-    const { config } = await setup();
-    const iv = randomBytes(16);
-    const c = createCipheriv('aes-256-ctr', KEK, iv);
-    const wrapped = Buffer.concat([c.update(PRIVOPTS), c.final()]);
-    const entry = Buffer.from(JSON.stringify({ kid: `kbs:///${KID_PATH}`, wrapped_data: wrapped.toString('base64'), iv: iv.toString('base64'), wrap_type: 'A256CTR' }));
+  it('refuses A256CTR, even for a genuine A256GCM packet relabelled by the registry (the KBS is never asked)', async () => {
+    const { config, k } = await setup();
+    // GCM with a 12-byte IV encrypts with the CTR keystream from IV||00000002: the relabelled packet would decrypt
+    // to the genuine private options under the real KEK, now malleable. It must be refused on its label alone.
+    const iv = randomBytes(12);
+    const c = createCipheriv('aes-256-gcm', KEK, iv);
+    const body = Buffer.concat([c.update(PRIVOPTS), c.final()]);
+    const ctrIv = Buffer.concat([iv, Buffer.from([0, 0, 0, 2])]);
+    const entry = Buffer.from(JSON.stringify({ kid: `kbs:///${KID_PATH}`, wrapped_data: body.toString('base64'), iv: ctrIv.toString('base64'), wrap_type: 'A256CTR' }));
+    const d = createDecipheriv('aes-256-ctr', KEK, ctrIv);
+    expect(Buffer.concat([d.update(body), d.final()]).equals(PRIVOPTS)).toBe(true); // the attack is real
     const w = createAttestationAgentWrapper(async () => config);
-    expect((await w.unwrap(entry, ctx()))!.equals(PRIVOPTS)).toBe(true);
+    await expect(w.unwrap(entry, ctx())).rejects.toThrow('invalid attestation-agent annotation packet: unsupported wrap_type "A256CTR" (only "A256GCM", as coco_keyprovider writes it)');
+    expect(k.counters.resource).toBe(0);
+    expect(k.counters.auth).toBe(0);
   });
 });

@@ -323,7 +323,7 @@ describe('decrypting real skopeo/containerd fixtures', () => {
     expect(r.stdout.equals(readFileSync(join(V131, 'layer.tar.gz')))).toBe(true);
   });
 
-  it('a tampered blob: exit 1, one line with both HMACs in hex, and the output withheld', async () => {
+  it('a tampered blob: exit 1, one line with the expected HMAC only (never the one computed over the attacker’s bytes), and the output withheld', async () => {
     const { blob } = ociLayer(join(FIX, 'ocicrypt/enc-jwe-rsa'));
     const tampered = Buffer.from(blob);
     tampered[100]! ^= 1;
@@ -333,7 +333,7 @@ describe('decrypting real skopeo/containerd fixtures', () => {
       stdin: tampered,
     });
     expect(oneErrorLine(r)).toMatch(
-      /^coco-decoder: layer sha256:[0-9a-f]{64}: could not copy data: could not properly decrypt byte stream; exp hmac: '[0-9a-f]{64}', actual hmac: '[0-9a-f]{64}'$/,
+      /^coco-decoder: layer sha256:[0-9a-f]{64}: could not copy data: could not properly decrypt byte stream; exp hmac: '[0-9a-f]{64}': the layer's ciphertext does not match its HMAC \(tampered or truncated\)$/,
     );
     expect(r.stdout.length).toBeLessThanOrEqual(plainLayer().length - 64 * 1024);
   });

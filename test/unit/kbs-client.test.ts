@@ -233,14 +233,34 @@ describe('failures: retries, deadlines and actionable messages', () => {
     expect(k.counters.attest).toBe(1);
   });
 
-  it('a cached token that is denied is re-attested once, then the denial is reported', async () => {
+  it('a policy denial of a cached token is reported as it is: no re-attestation (the policy would judge a new token alike)', async () => {
     const k = await startKbs();
     const dir = cacheDir();
     await source(testConfig(k.url, dir)).getResource(uri);
     k.faults.denyAll = true;
-    const err = await source(testConfig(k.url, dir)).getResource(uri).catch((e) => e);
-    expect(describeError(err)).toMatch(/denied by the resource policy/);
+    const s = source(testConfig(k.url, dir));
+    for (let i = 0; i < 8; i++) {
+      const err = await s.getResource(uri).catch((e) => e);
+      expect(describeError(err)).toMatch(/denied by the resource policy/);
+    }
+    expect(k.counters).toMatchObject({ auth: 1, attest: 1, resource: 9 });
+  });
+
+  it('re-attests at most once per process, however many keys meet a refused token', async () => {
+    const k = await startKbs();
+    const dir = cacheDir();
+    await source(testConfig(k.url, dir)).getResource(uri);
+    const s = source(testConfig(k.url, dir));
+    k.expireAllTokens();
+    expect((await s.getResource(uri)).attested).toBe(true);
     expect(k.counters.attest).toBe(2);
+    for (let i = 0; i < 8; i++) {
+      k.expireAllTokens();
+      const err = await s.getResource(uri).catch((e) => e);
+      expect(err).toBeInstanceOf(Error);
+    }
+    expect(k.counters.attest).toBe(2);
+    expect(k.counters.resource).toBe(1 + 2 + 8);
   });
 
   it('a missing resource explains trustee\'s 401 collapse and does not loop re-attesting', async () => {

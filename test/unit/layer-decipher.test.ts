@@ -75,7 +75,8 @@ describe('decrypting the real ocicrypt v1.3.1 layer', () => {
     const tampered = Buffer.from(encrypted);
     tampered[tampered.length - 1]! ^= 1;
     const r = await run(tampered, fixtureOptions());
-    expect(r.error).toMatch(/^could not copy data: could not properly decrypt byte stream; exp hmac: '4adb83a92e520f8ac87ffa70893c416bdcf40287ddb131d89f4e21fe91072e1e', actual hmac: '[0-9a-f]{64}'$/);
+    expect(r.error).toMatch(/^could not copy data: could not properly decrypt byte stream; exp hmac: '4adb83a92e520f8ac87ffa70893c416bdcf40287ddb131d89f4e21fe91072e1e': the layer's ciphertext does not match its HMAC \(tampered or truncated\)$/);
+    expect(r.error).not.toMatch(/actual/);
     expect(r.out.length).toBe(0);
   });
 
@@ -90,14 +91,14 @@ describe('decrypting the real ocicrypt v1.3.1 layer', () => {
     expect(r.error).toMatch(/could not properly decrypt byte stream/);
   });
 
-  it('fails when the hmac annotation was tampered with, printing both HMACs in hex and never the key', async () => {
+  it('fails when the hmac annotation was tampered with, printing the expected HMAC only: never the real one, never the key', async () => {
     const opts = fixtureOptions();
     const keyHex = opts.key.toString('hex');
     opts.hmac = Buffer.from(opts.hmac);
     opts.hmac[0]! ^= 0x80;
     const r = await run(encrypted, opts);
     expect(r.error).toBe(
-      `could not copy data: could not properly decrypt byte stream; exp hmac: '${opts.hmac.toString('hex')}', actual hmac: '4adb83a92e520f8ac87ffa70893c416bdcf40287ddb131d89f4e21fe91072e1e'`,
+      `could not copy data: could not properly decrypt byte stream; exp hmac: '${opts.hmac.toString('hex')}': the layer's ciphertext does not match its HMAC (tampered or truncated)`,
     );
     expect(r.error).not.toContain(keyHex);
     expect(r.out.length).toBe(0);

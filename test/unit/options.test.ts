@@ -4,6 +4,7 @@ import { describe, expect, it } from 'vitest';
 import {
   LAYER_CIPHER,
   checkPublicOptions,
+  cipherOptionsFromUnwrapped,
   layerCipherOptions,
   parsePrivateOptions,
   parsePublicOptions,
@@ -59,7 +60,7 @@ describe('upstream error messages', () => {
 
   it('names an unsupported cipher', () => {
     expect(errorOf(() => layerCipherOptions(pubWith({ cipher: 'AES_128_GCM', hmac: HMAC }), priv))).toBe(
-      'call to DecryptLayer failed: unsupported cipher type: AES_128_GCM',
+      'call to DecryptLayer failed: unsupported cipher type: "AES_128_GCM"',
     );
   });
 
@@ -114,9 +115,12 @@ describe('nonce', () => {
     expect(errorOf(() => layerCipherOptions(pub({ cipheroptions: {} }), privWith(null)))).toMatch(/no nonce/);
   });
 
-  it('comes from pubopts first, then privopts (ocicrypt GetOpt)', () => {
+  it('comes from the private options only; one in pubopts (unauthenticated, chosen by the registry) is refused', () => {
     const other = b64(Buffer.alloc(16, 9));
-    expect(layerCipherOptions(pub({ cipheroptions: { nonce: other } }), privWith({ nonce: NONCE })).nonce).toEqual(Buffer.alloc(16, 9));
+    expect(errorOf(() => checkPublicOptions(pub({ cipheroptions: { nonce: other } })))).toBe(
+      'call to DecryptLayer failed: the public layer options carry a nonce; ocicrypt keeps it in the private options only',
+    );
+    expect(errorOf(() => layerCipherOptions(pub({ cipheroptions: { nonce: other } }), privWith({ nonce: NONCE })))).toMatch(/public layer options carry a nonce/);
     expect(layerCipherOptions(pub({ cipheroptions: {} }), privWith({ nonce: NONCE })).nonce).toEqual(Buffer.alloc(16, 2));
   });
 
@@ -145,5 +149,35 @@ describe('Go encoding/json semantics of the option documents', () => {
     const pub = parsePublicOptions(JSON.stringify({ cipher: LAYER_CIPHER, hmac: HMAC }));
     const priv = parsePrivateOptions(Buffer.from(JSON.stringify({ symkey: KEY, cipheroptions: { Nonce: NONCE } })));
     expect(() => layerCipherOptions(pub, priv)).toThrow(/no nonce/);
+  });
+});
+
+describe('private options after a key was unwrapped', () => {
+  const pub = pubWith({ cipher: LAYER_CIPHER, hmac: HMAC });
+  const FIXED = 'call to DecryptLayer failed: the private layer options unwrapped with "provider.attestation-agent" are not valid';
+  const nonce = b64(Buffer.alloc(16, 2));
+
+  it('every failure gives one fixed message per scheme: nothing derived from the decrypted bytes', () => {
+    const bad = [
+      '{"symkey":"not base64!!"}',
+      `{"symkey":"${KEY}" garbage`,
+      `{"symkey":"${b64(Buffer.alloc(16))}","cipheroptions":{"nonce":"${nonce}"}}`,
+      `{"symkey":"${KEY}","cipheroptions":{"nonce":"${b64(Buffer.alloc(12))}"}}`,
+      `{"symkey":"${KEY}","cipheroptions":{}}`,
+      `{"symkey":"${KEY}","digest":7,"cipheroptions":{"nonce":"${nonce}"}}`,
+      '[]',
+      '',
+    ];
+    for (const json of bad) {
+      expect(errorOf(() => cipherOptionsFromUnwrapped(pub, Buffer.from(json), 'provider.attestation-agent')), json).toBe(FIXED);
+    }
+  });
+
+  it('valid options give the key, the nonce and the digest, as copies (the caller zeroes them)', () => {
+    const privopts = Buffer.from(`{"symkey":"${KEY}","digest":"sha256:abc","cipheroptions":{"nonce":"${nonce}"}}`);
+    const opts = cipherOptionsFromUnwrapped(pub, privopts, 'jwe');
+    expect(opts.key).toEqual(Buffer.from(KEY, 'base64'));
+    expect(opts.nonce).toEqual(Buffer.alloc(16, 2));
+    expect(opts.digest).toBe('sha256:abc');
   });
 });

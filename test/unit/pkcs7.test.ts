@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { children, readSingle, readTlv, BerError, readOid } from '../../src/ocicrypt/asn1/ber.js';
 import type { DecryptParameters, UnwrapContext } from '../../src/ocicrypt/keywrap/keywrapper.js';
-import { parseEnvelopedData, pkcs7KeyWrapper, unpadPkcs1v15 } from '../../src/ocicrypt/keywrap/pkcs7.js';
+import { parseEnvelopedData, pkcs7KeyWrapper, syntheticKey, unpadPkcs1v15 } from '../../src/ocicrypt/keywrap/pkcs7.js';
 import { pgpKeyWrapper, pkcs11KeyWrapper } from '../../src/ocicrypt/keywrap/unsupported.js';
 import { DecoderError, describeError } from '../../src/util/errors.js';
 
@@ -184,7 +184,7 @@ describe('pkcs7 key wrapper against real fixtures', () => {
   });
 });
 
-describe('pkcs7 key wrapper against OpenSSL-made EnvelopedData (CBC, OAEP, BER streaming)', () => {
+describe('pkcs7 key wrapper against OpenSSL-made EnvelopedData (CBC content, OAEP, BER streaming)', () => {
   let dir: string;
   const message = Buffer.from('{"symkey":"T+WERK7/YMh3QIMSc9lNFmEcawuBrBMBkfhEs/R9Q0I=","digest":"","cipheroptions":{}}');
   const make = (name: string, extra: string[]): Buffer => {
@@ -203,23 +203,25 @@ describe('pkcs7 key wrapper against OpenSSL-made EnvelopedData (CBC, OAEP, BER s
   });
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-  const cases: Array<[string, string[]]> = [
-    ['AES-256-CBC, rsaEncryption (with NULL params)', ['-aes-256-cbc']],
-    ['AES-128-CBC, RSAES-OAEP SHA-256', ['-aes-128-cbc', '-keyopt', 'rsa_padding_mode:oaep', '-keyopt', 'rsa_oaep_md:sha256']],
-    ['AES-192-CBC, RSAES-OAEP default (SHA-1) parameters', ['-aes-192-cbc', '-keyopt', 'rsa_padding_mode:oaep']],
-    ['indefinite-length BER (-stream)', ['-aes-128-cbc', '-stream']],
+  // OpenSSL's EnvelopedData content is CBC (its GCM output is AuthEnvelopedData, another content type). The
+  // registry chooses that OID, and CBC under a genuine wrapped key is a padding oracle: refused before any RSA.
+  const cases: Array<[string, string[], string]> = [
+    ['AES-256-CBC, rsaEncryption (with NULL params)', ['-aes-256-cbc'], 'aes-256-cbc'],
+    ['AES-128-CBC, RSAES-OAEP SHA-256', ['-aes-128-cbc', '-keyopt', 'rsa_padding_mode:oaep', '-keyopt', 'rsa_oaep_md:sha256'], 'aes-128-cbc'],
+    ['AES-192-CBC, RSAES-OAEP default (SHA-1) parameters', ['-aes-192-cbc', '-keyopt', 'rsa_padding_mode:oaep'], 'aes-192-cbc'],
+    ['indefinite-length BER (-stream)', ['-aes-128-cbc', '-stream'], 'aes-128-cbc'],
   ];
-  it.each(cases)('%s', async (name, extra) => {
+  it.each(cases)('refuses CBC content encryption: %s', async (name, extra, cipher) => {
     const der = make(name.replace(/\W+/g, '_'), extra);
-    const out = await pkcs7KeyWrapper.unwrap(der, ctx(params([v131Key('pkcs7_key.pem')], [v131Key('pkcs7_cert.pem')])));
-    expect(out!.equals(message)).toBe(true);
+    // The BER walker reads the envelope (recipients, OAEP parameters, indefinite lengths) up to the content
+    // algorithm, which it then refuses with one fixed line.
+    expect(() => parseEnvelopedData(der)).toThrow(`PKCS7: content encryption ${cipher} is refused (unauthenticated); only AES-GCM, as ocicrypt writes it`);
+    await expect(pkcs7KeyWrapper.unwrap(der, ctx(params([v131Key('pkcs7_key.pem')], [v131Key('pkcs7_cert.pem')])))).rejects.toThrow(/refused \(unauthenticated\)/);
   });
 
-  it('a key that does not belong to the certificate is not used', async () => {
-    const der = make('cbc-wrongkey', ['-aes-256-cbc']);
-    await expect(pkcs7KeyWrapper.unwrap(der, ctx(params([skopeoKey('rsa-priv.pem')], [v131Key('pkcs7_cert.pem')])))).rejects.toThrow(
-      'PKCS7: No suitable private key found for decryption',
-    );
+  it('AuthEnvelopedData (OpenSSL -aes-128-gcm) is not the EnvelopedData ocicrypt writes', async () => {
+    const der = make('authenveloped', ['-aes-128-gcm']);
+    await expect(pkcs7KeyWrapper.unwrap(der, ctx(params([v131Key('pkcs7_key.pem')], [v131Key('pkcs7_cert.pem')])))).rejects.toThrow(/is not enveloped data/);
   });
 });
 
@@ -227,12 +229,13 @@ describe('EME-PKCS1-v1_5 unpadding', () => {
   const k = 256;
   const valid = (m: Buffer): Buffer => Buffer.concat([Buffer.from([0, 2]), Buffer.alloc(k - 3 - m.length, 0x5a), Buffer.from([0]), m]);
   const msg = Buffer.alloc(16, 0xab);
+  const synthetic = (): Buffer => Buffer.alloc(16, 0x11);
 
   it('returns the message for valid padding', () => {
-    expect(unpadPkcs1v15(valid(msg), 16).equals(msg)).toBe(true);
+    expect(unpadPkcs1v15(valid(msg), 16, synthetic()).equals(msg)).toBe(true);
   });
 
-  it('returns random bytes of the requested length for every kind of bad padding', () => {
+  it('returns the synthetic substitute for every kind of bad padding', () => {
     const bad: Buffer[] = [];
     let b = valid(msg);
     b[0] = 1;
@@ -247,12 +250,26 @@ describe('EME-PKCS1-v1_5 unpadding', () => {
     b[5] = 0; // separator too early: PS shorter than 8
     bad.push(b);
     bad.push(valid(Buffer.alloc(24, 0xab))); // wrong message length
-    for (const em of bad) {
-      const out = unpadPkcs1v15(em, 16);
-      expect(out.length).toBe(16);
-      expect(out.equals(msg)).toBe(false);
-    }
-    expect(unpadPkcs1v15(Buffer.alloc(20), 16).length).toBe(16);
+    for (const em of bad) expect(unpadPkcs1v15(em, 16, synthetic())).toEqual(synthetic());
+    expect(unpadPkcs1v15(Buffer.alloc(20), 16, synthetic())).toEqual(synthetic());
+  });
+});
+
+describe('implicit rejection (synthetic content key)', () => {
+  const rsa = createPrivateKey(skopeoKey('pkcs7-priv.pem'));
+  const other = createPrivateKey(skopeoKey('rsa-priv.pem'));
+  const c1 = Buffer.alloc(256, 7);
+  const c2 = Buffer.alloc(256, 8);
+
+  it('is the same for the same private key and ciphertext (asking twice reveals nothing new)', () => {
+    expect(syntheticKey(rsa, c1, 16)).toEqual(syntheticKey(rsa, c1, 16));
+    expect(syntheticKey(rsa, c1, 32).subarray(0, 16)).not.toEqual(Buffer.alloc(16));
+  });
+
+  it('differs with the ciphertext and with the private key, and is not all zeros', () => {
+    expect(syntheticKey(rsa, c1, 16)).not.toEqual(syntheticKey(rsa, c2, 16));
+    expect(syntheticKey(rsa, c1, 16)).not.toEqual(syntheticKey(other, c1, 16));
+    expect(syntheticKey(rsa, c1, 16)).not.toEqual(Buffer.alloc(16));
   });
 });
 

@@ -12,6 +12,7 @@ import { createKeySource } from '../../kbs/key-source.js';
 import type { KeySource, ResourceStats } from '../../kbs/key-source.js';
 import { parseResourceUri } from '../../kbs/resource-uri.js';
 import { DecoderError, oneLine } from '../../util/errors.js';
+import { boundedLine } from '../../util/quote.js';
 import type { DecryptParameters, KeyWrapper, UnwrapContext } from './keywrapper.js';
 
 export const ATTESTATION_AGENT_SCHEME = 'provider.attestation-agent';
@@ -85,12 +86,8 @@ export function createAttestationAgentWrapper(getConfig: () => Promise<Config>, 
   };
 }
 
-/** AES-256-GCM (12-byte IV, tag appended, no AAD) as coco_keyprovider writes it; A256CTR as the CDH also accepts. */
+/** AES-256-GCM (12-byte IV, tag appended, no AAD) as coco_keyprovider writes it (the only wrap type accepted). */
 function unwrapLayerKey(kek: Buffer, p: AnnotationPacket, kid: string): Buffer {
-  if (p.wrapType === 'A256CTR') {
-    const d = createDecipheriv('aes-256-ctr', kek, p.iv);
-    return Buffer.concat([d.update(p.wrappedData), d.final()]);
-  }
   const body = p.wrappedData.subarray(0, p.wrappedData.length - GCM_TAG_BYTES);
   const tag = p.wrappedData.subarray(p.wrappedData.length - GCM_TAG_BYTES);
   const d = createDecipheriv('aes-256-gcm', kek, p.iv);
@@ -123,5 +120,5 @@ const LEVELS: readonly LogLevel[] = ['error', 'warn', 'info', 'debug'];
  */
 function logLine(configured: LogLevel, level: LogLevel, message: string): void {
   if (LEVELS.indexOf(level) > LEVELS.indexOf(configured)) return;
-  process.stderr.write(`coco-decoder: ${level}: ${oneLine(message)}\n`);
+  process.stderr.write(`${boundedLine(`coco-decoder: ${level}: ${oneLine(message)}`)}\n`);
 }

@@ -15,6 +15,7 @@ import {
 import { DecoderError } from '../../util/errors.js';
 import { parsePrivateKey, UnsupportedPrivateKeyError } from '../keys/private-key.js';
 import { privateKeysOf, type DecryptParameters, type KeyWrapper, type UnwrapContext } from './keywrapper.js';
+import { quoteUntrusted } from '../../util/quote.js';
 
 const KEY_MANAGEMENT_ALGORITHMS = ['RSA-OAEP', 'RSA-OAEP-256', 'ECDH-ES+A128KW', 'ECDH-ES+A192KW', 'ECDH-ES+A256KW'];
 const CONTENT_ENCRYPTION_ALGORITHMS = ['A128CBC-HS256', 'A192CBC-HS384', 'A256CBC-HS512', 'A128GCM', 'A192GCM', 'A256GCM'];
@@ -59,10 +60,10 @@ function checkAlgorithms(headers: ReadonlyArray<Record<string, unknown>>): void 
   for (const h of headers) {
     const { alg, enc } = h;
     if (typeof alg !== 'string' || !KEY_MANAGEMENT_ALGORITHMS.includes(alg)) {
-      throw parseFailed(`unsupported JWE key algorithm ${JSON.stringify(alg ?? null).slice(0, 40)}`);
+      throw parseFailed(`unsupported JWE key algorithm ${quoteUntrusted(alg ?? null, 40)}`);
     }
     if (typeof enc !== 'string' || !CONTENT_ENCRYPTION_ALGORITHMS.includes(enc)) {
-      throw parseFailed(`unsupported JWE content encryption ${JSON.stringify(enc ?? null).slice(0, 40)}`);
+      throw parseFailed(`unsupported JWE content encryption ${quoteUntrusted(enc ?? null, 40)}`);
     }
   }
 }

@@ -5,8 +5,9 @@
  *
  * RSA PKCS#1 v1.5 key transport: Node 20 refuses RSA_PKCS1_PADDING for private decryption (Marvin hardening,
  * CVE-2023-46809). We decrypt with RSA_NO_PADDING and strip the padding ourselves without data-dependent
- * branches, substituting a random key of the expected length when the padding is bad ("implicit rejection",
- * as OpenSSL ≥ 3.2 does). Every failure then surfaces the same way — at the content decryption step — so the
+ * branches, substituting a synthetic key of the expected length when the padding is bad ("implicit rejection",
+ * as OpenSSL ≥ 3.2 does). The synthetic key is derived from the private key and the ciphertext (OpenSSL's
+ * `ossl_rsa_prf` construction), so asking twice with the same ciphertext gives the same answer. Every failure then surfaces the same way — at the content decryption step — so the
  * padding check is not an oracle. No process-wide security switch is touched.
  */
 import {
@@ -14,7 +15,8 @@ import {
   createDecipheriv,
   createPublicKey,
   privateDecrypt,
-  randomBytes,
+  createHash,
+  createHmac,
   X509Certificate,
   type KeyObject,
 } from 'node:crypto';
@@ -56,18 +58,24 @@ const HASHES: Readonly<Record<string, string>> = {
 };
 
 interface ContentCipher {
-  readonly name: string;
+  readonly name: 'aes-128-gcm' | 'aes-192-gcm' | 'aes-256-gcm';
   readonly keyLength: number;
-  readonly mode: 'gcm' | 'cbc';
 }
 
+/**
+ * AES-GCM only: ocicrypt writes aes-128-gcm (`pkcs7.EncryptionAlgorithmAES128GCM`). CBC is refused because the
+ * registry picks the OID: CBC content under a genuine wrapped key would be a padding oracle.
+ */
 const CONTENT_CIPHERS: Readonly<Record<string, ContentCipher>> = {
-  '2.16.840.1.101.3.4.1.2': { name: 'aes-128-cbc', keyLength: 16, mode: 'cbc' },
-  '2.16.840.1.101.3.4.1.22': { name: 'aes-192-cbc', keyLength: 24, mode: 'cbc' },
-  '2.16.840.1.101.3.4.1.42': { name: 'aes-256-cbc', keyLength: 32, mode: 'cbc' },
-  '2.16.840.1.101.3.4.1.6': { name: 'aes-128-gcm', keyLength: 16, mode: 'gcm' },
-  '2.16.840.1.101.3.4.1.26': { name: 'aes-192-gcm', keyLength: 24, mode: 'gcm' },
-  '2.16.840.1.101.3.4.1.46': { name: 'aes-256-gcm', keyLength: 32, mode: 'gcm' },
+  '2.16.840.1.101.3.4.1.6': { name: 'aes-128-gcm', keyLength: 16 },
+  '2.16.840.1.101.3.4.1.26': { name: 'aes-192-gcm', keyLength: 24 },
+  '2.16.840.1.101.3.4.1.46': { name: 'aes-256-gcm', keyLength: 32 },
+};
+
+const CBC_CIPHERS: Readonly<Record<string, string>> = {
+  '2.16.840.1.101.3.4.1.2': 'aes-128-cbc',
+  '2.16.840.1.101.3.4.1.22': 'aes-192-cbc',
+  '2.16.840.1.101.3.4.1.42': 'aes-256-cbc',
 };
 
 type KeyTransport =
@@ -85,7 +93,6 @@ interface KeyTransRecipient {
 interface EncryptedContent {
   readonly cipher: ContentCipher;
   readonly iv: Buffer;
-  /** GCM only. */
   readonly tagLength: number;
   readonly data: Buffer;
 }
@@ -185,21 +192,23 @@ function parseEncryptedContentInfo(eci: Tlv | undefined): EncryptedContent {
   const alg = expectSequence(algTlv, 'contentEncryptionAlgorithm');
   const oid = readOid(alg[0], 'contentEncryptionAlgorithm');
   const cipher = CONTENT_CIPHERS[oid];
-  if (!cipher) throw new DecoderError(`PKCS7: unsupported content encryption algorithm ${oid}`);
+  if (!cipher) {
+    const cbc = CBC_CIPHERS[oid];
+    throw new DecoderError(
+      cbc
+        ? `PKCS7: content encryption ${cbc} is refused (unauthenticated); only AES-GCM, as ocicrypt writes it`
+        : `PKCS7: unsupported content encryption algorithm ${oid} (only AES-GCM)`,
+    );
+  }
   // [0] IMPLICIT OCTET STRING: primitive (Go) or constructed segments (older encoders, BER).
   if (content === undefined) throw new DecoderError('PKCS7: EnvelopedData has no encrypted content (detached content is not supported)');
   expect(content, TagClass.context, 0, 'encryptedContent');
   const data = stringOctets(content, 'encryptedContent');
-  if (cipher.mode === 'gcm') {
-    const { iv, tagLength } = parseGcmParams(alg[1]);
-    if (iv.length !== 12) throw new DecoderError(`PKCS7: unsupported GCM nonce length ${iv.length}, need 12`);
-    if (tagLength < 12 || tagLength > 16) throw new DecoderError(`PKCS7: unsupported GCM ICV length ${tagLength}`);
-    if (data.length < tagLength) throw new DecoderError('PKCS7: encrypted content shorter than its GCM tag');
-    return { cipher, iv, tagLength, data };
-  }
-  const iv = readOctetString(alg[1], 'CBC IV');
-  if (iv.length !== 16) throw new DecoderError(`PKCS7: bad CBC IV length ${iv.length}, need 16`);
-  return { cipher, iv, tagLength: 0, data };
+  const { iv, tagLength } = parseGcmParams(alg[1]);
+  if (iv.length !== 12) throw new DecoderError(`PKCS7: unsupported GCM nonce length ${iv.length}, need 12`);
+  if (tagLength < 12 || tagLength > 16) throw new DecoderError(`PKCS7: unsupported GCM ICV length ${tagLength}`);
+  if (data.length < tagLength) throw new DecoderError('PKCS7: encrypted content shorter than its GCM tag');
+  return { cipher, iv, tagLength, data };
 }
 
 /** Parses a ContentInfo holding EnvelopedData (exported for tests). */
@@ -253,11 +262,13 @@ const ge = (a: number, b: number): number => 1 - (((a - b) >>> 31) & 1);
 
 /**
  * EME-PKCS1-v1_5 decoding of `em` (k bytes: 00 02 PS≥8 nonzero 00 M) into a `length`-byte message. On any
- * padding error, or if M has another length, returns random bytes instead: the caller cannot tell from here.
+ * padding error, or if M has another length, returns `synthetic` (a `length`-byte substitute) instead: the caller
+ * cannot tell from here. `synthetic` is consumed (its bytes become the result's).
  */
-export function unpadPkcs1v15(em: Buffer, length: number): Buffer {
+export function unpadPkcs1v15(em: Buffer, length: number, synthetic: Buffer): Buffer {
   const k = em.length;
-  const out = randomBytes(length);
+  if (synthetic.length !== length) throw new RangeError('synthetic message length mismatch');
+  const out = synthetic;
   if (k < length + 11) return out; // depends only on public sizes
   let good = isZero(em[0]!) & isZero(em[1]! ^ 2);
   let zeroIndex = 0;
@@ -276,7 +287,43 @@ export function unpadPkcs1v15(em: Buffer, length: number): Buffer {
   return out;
 }
 
-/** Recovers the content-encryption key; a key of the right length always comes back (random if unwrap failed). */
+const kdkKeys = new WeakMap<KeyObject, Buffer>();
+
+/**
+ * The implicit-rejection substitute for `ciphertext`: OpenSSL's construction (rsa_pk1.c,
+ * `ossl_rsa_padding_check_PKCS1_type_2` with `ossl_rsa_prf`): KDK = HMAC-SHA256(SHA256(d as k bytes), C as k bytes),
+ * then HMAC-SHA256(KDK, BE16(i) ‖ "message" ‖ BE16(bits)) blocks. Deterministic per (key, ciphertext).
+ */
+export function syntheticKey(key: KeyObject, ciphertext: Buffer, length: number): Buffer {
+  const k = ((key.asymmetricKeyDetails?.modulusLength ?? 2048) + 7) >> 3;
+  let dHash = kdkKeys.get(key);
+  if (dHash === undefined) {
+    const d = Buffer.from(key.export({ format: 'jwk' }).d ?? '', 'base64url');
+    const padded = Buffer.alloc(Math.max(k, d.length));
+    d.copy(padded, padded.length - d.length);
+    dHash = createHash('sha256').update(padded).digest();
+    d.fill(0);
+    padded.fill(0);
+    kdkKeys.set(key, dHash);
+  }
+  const c = Buffer.alloc(Math.max(k, ciphertext.length));
+  ciphertext.copy(c, c.length - ciphertext.length);
+  const kdk = createHmac('sha256', dHash).update(c).digest();
+  const blocks: Buffer[] = [];
+  const bits = Buffer.alloc(2);
+  bits.writeUInt16BE((length * 8) & 0xffff);
+  for (let i = 0, have = 0; have < length; i++, have += 32) {
+    const counter = Buffer.alloc(2);
+    counter.writeUInt16BE(i);
+    blocks.push(createHmac('sha256', kdk).update(counter).update('message').update(bits).digest());
+  }
+  kdk.fill(0);
+  const out = Buffer.concat(blocks).subarray(0, length);
+  for (const b of blocks) b.fill(0);
+  return Buffer.from(out);
+}
+
+/** Recovers the content-encryption key; a key of the right length always comes back (synthetic if unwrap failed). */
 function unwrapContentKey(key: KeyObject, r: KeyTransRecipient, keyLength: number): Buffer {
   if (r.transport.kind === 'pkcs1v15') {
     let em: Buffer;
@@ -284,9 +331,9 @@ function unwrapContentKey(key: KeyObject, r: KeyTransRecipient, keyLength: numbe
       em = privateDecrypt({ key, padding: constants.RSA_NO_PADDING }, r.encryptedKey);
     } catch {
       // Only ciphertext length / value ≥ modulus get here: public properties, not an oracle.
-      return randomBytes(keyLength);
+      return syntheticKey(key, r.encryptedKey, keyLength);
     }
-    const cek = unpadPkcs1v15(em, keyLength);
+    const cek = unpadPkcs1v15(em, keyLength, syntheticKey(key, r.encryptedKey, keyLength));
     em.fill(0);
     return cek;
   }
@@ -302,22 +349,23 @@ function unwrapContentKey(key: KeyObject, r: KeyTransRecipient, keyLength: numbe
       // fall through to the same uniform failure as bad PKCS#1 v1.5 padding
     }
   }
-  return randomBytes(keyLength);
+  return syntheticKey(key, r.encryptedKey, keyLength);
 }
 
 function decryptContent(c: EncryptedContent, cek: Buffer): Buffer | undefined {
+  const ct = c.data.subarray(0, c.data.length - c.tagLength);
+  const tag = c.data.subarray(c.data.length - c.tagLength);
+  let head: Buffer | undefined;
   try {
-    if (c.cipher.mode === 'gcm') {
-      const ct = c.data.subarray(0, c.data.length - c.tagLength);
-      const tag = c.data.subarray(c.data.length - c.tagLength);
-      const d = createDecipheriv(c.cipher.name as 'aes-128-gcm', cek, c.iv, { authTagLength: c.tagLength });
-      d.setAuthTag(tag);
-      return Buffer.concat([d.update(ct), d.final()]);
-    }
-    const d = createDecipheriv(c.cipher.name, cek, c.iv);
-    return Buffer.concat([d.update(c.data), d.final()]);
+    const d = createDecipheriv(c.cipher.name, cek, c.iv, { authTagLength: c.tagLength });
+    d.setAuthTag(tag);
+    head = d.update(ct);
+    const plain = Buffer.concat([head, d.final()]);
+    return plain;
   } catch {
     return undefined;
+  } finally {
+    head?.fill(0); // unauthenticated until final(); the concatenated copy is what we return
   }
 }
 
