@@ -155,9 +155,11 @@ async function decryptStdio(decipher: LayerDecipher): Promise<number> {
   ]);
   const stdout = openStdout(STDOUT_BUFFER_BYTES);
   try {
+    // stdout is a socket on fd 1 or process.stdout: both copy into the kernel, so written chunks can be zeroed.
+    const opts = { zeroWritten: true };
     return isPipe(0)
-      ? await decryptLayerFd(0, stdout.out, decipher)
-      : await decryptLayerStream(process.stdin, stdout.out, decipher);
+      ? await decryptLayerFd(0, stdout.out, decipher, opts)
+      : await decryptLayerStream(process.stdin, stdout.out, decipher, opts);
   } finally {
     stdout.close();
   }
@@ -167,6 +169,20 @@ async function decryptStdio(decipher: LayerDecipher): Promise<number> {
 function printableDigest(digest: string): string {
   if (/^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{1,256}$/.test(digest)) return digest;
   return quoteUntrusted(digest, 80);
+}
+
+/**
+ * `[integrity] check_plain_digest`: the private options must name the plaintext's sha256. The message is fixed
+ * (the digest comes from decrypted data).
+ */
+function strictPlainDigest(digest: string): Buffer {
+  const m = /^sha256:([0-9a-f]{64})$/.exec(digest);
+  if (!m) {
+    throw new DecoderError('the private layer options carry no sha256 plaintext digest, which [integrity] check_plain_digest requires', {
+      stage: 'call to DecryptLayer failed',
+    });
+  }
+  return Buffer.from(m[1]!, 'hex');
 }
 
 /** What the audit log records about a layer, filled in as decoding proceeds. */
@@ -292,7 +308,8 @@ async function decodeLayer(args: DecodeArgs, logger: Logger, configs: ConfigSour
   const { LayerDecipher } = await import('../ocicrypt/layer-decipher.js');
   let decipher: LayerDecipher;
   try {
-    decipher = new LayerDecipher(cipherOptions);
+    const strict = early?.integrity.checkPlainDigest === true;
+    decipher = new LayerDecipher(strict ? { ...cipherOptions, plainSha256: strictPlainDigest(cipherOptions.digest) } : cipherOptions);
   } finally {
     cipherOptions.key.fill(0);
   }

@@ -76,10 +76,13 @@ export function parseConfig(text: string, file: string): Config {
   const cache = tableOf(doc, 'cache');
   const log = tableOf(doc, 'log');
   const kp = tableOf(doc, 'keyprovider');
+  const integrity = tableOf(doc, 'integrity');
 
   cfg.kbs.allowHttp = v.bool(kbs, 'kbs.allow_http') ?? cfg.kbs.allowHttp;
   cfg.kbs.url = v.kbsUrl(kbs, 'kbs.url', cfg.kbs.allowHttp) ?? cfg.kbs.url;
   cfg.kbs.cert = v.absPath(kbs, 'kbs.cert') ?? cfg.kbs.cert;
+  cfg.kbs.certOnly = v.bool(kbs, 'kbs.cert_only') ?? cfg.kbs.certOnly;
+  if (cfg.kbs.certOnly && cfg.kbs.cert === undefined) throw v.fail('kbs.cert_only', 'needs kbs.cert (the one CA to trust)');
   cfg.kbs.timeoutMs = v.posInt(kbs, 'kbs.timeout_ms') ?? cfg.kbs.timeoutMs;
   cfg.kbs.totalTimeoutMs = v.posInt(kbs, 'kbs.total_timeout_ms') ?? cfg.kbs.totalTimeoutMs;
   cfg.kbs.teeKeyAlgorithm = v.oneOf(kbs, 'kbs.tee_key_algorithm', ['ec-p256', 'rsa-oaep-256'] as const) ?? cfg.kbs.teeKeyAlgorithm;
@@ -107,6 +110,7 @@ export function parseConfig(text: string, file: string): Config {
   cfg.log.format = v.oneOf(log, 'log.format', ['text', 'json'] as const) ?? cfg.log.format;
 
   cfg.keyprovider.timeoutMs = v.posInt(kp, 'keyprovider.timeout_ms') ?? cfg.keyprovider.timeoutMs;
+  cfg.integrity.checkPlainDigest = v.bool(integrity, 'integrity.check_plain_digest') ?? cfg.integrity.checkPlainDigest;
 
   if (cfg.kbs.totalTimeoutMs < cfg.kbs.timeoutMs) {
     throw v.fail('kbs.total_timeout_ms', `must be at least kbs.timeout_ms (${cfg.kbs.timeoutMs})`);
@@ -115,11 +119,12 @@ export function parseConfig(text: string, file: string): Config {
 }
 
 const TABLES = {
-  kbs: ['url', 'cert', 'allow_http', 'timeout_ms', 'total_timeout_ms', 'tee_key_algorithm', 'protocol'],
+  kbs: ['url', 'cert', 'cert_only', 'allow_http', 'timeout_ms', 'total_timeout_ms', 'tee_key_algorithm', 'protocol'],
   attestation: ['tee', 'snp_vmpl', 'configfs_tsm_root', 'tdx_guest_device', 'sev_guest_device', 'ccel_path', 'addon_path', 'tpm_device'],
   cache: ['dir', 'refresh_margin_seconds', 'lock_timeout_ms'],
   log: ['level', 'file', 'syslog', 'format'],
   keyprovider: ['timeout_ms'],
+  integrity: ['check_plain_digest'],
 } as const;
 
 /** Upper bound for durations: 24 h is far beyond any sane deadline and keeps timers within setTimeout's range. */

@@ -14,6 +14,8 @@ export interface KbsConfig {
   url: string | undefined;
   /** PEM file with CA certificate(s) trusted for the KBS, in addition to the system CAs. */
   cert: string | undefined;
+  /** Trust exactly `cert` for the KBS, not the public/system roots too (pinning). Needs `cert`. */
+  certOnly: boolean;
   /** Plain `http://` is refused unless this is true. */
   allowHttp: boolean;
   /** Deadline of every single HTTP request. */
@@ -58,6 +60,15 @@ export interface LogConfig {
   format: 'text' | 'json';
 }
 
+export interface IntegrityConfig {
+  /**
+   * Strict mode: a layer whose private options carry `digest` must decrypt to exactly that sha256, and a layer
+   * without one fails. Off by default: containers/image-based encryptors record digests of blobs before
+   * recompression, which the decrypted layer then does not match.
+   */
+  checkPlainDigest: boolean;
+}
+
 export interface KeyProviderConfig {
   /** Per-call deadline for external `cmd`/`grpc` key providers. */
   timeoutMs: number;
@@ -71,6 +82,7 @@ export interface Config {
   cache: CacheConfig;
   log: LogConfig;
   keyprovider: KeyProviderConfig;
+  integrity: IntegrityConfig;
 }
 
 export const DEFAULT_CONFIG_PATH = '/etc/coco-decoder/config.toml';
@@ -81,6 +93,7 @@ export function defaultConfig(): Config {
     kbs: {
       url: undefined,
       cert: undefined,
+      certOnly: false,
       allowHttp: false,
       timeoutMs: 10_000,
       totalTimeoutMs: 60_000,
@@ -100,5 +113,6 @@ export function defaultConfig(): Config {
     cache: { dir: '/run/coco-decoder', refreshMarginSeconds: 30, lockTimeoutMs: 60_000 },
     log: { level: 'error', file: undefined, syslog: false, format: 'text' },
     keyprovider: { timeoutMs: 30_000 },
+    integrity: { checkPlainDigest: false },
   };
 }

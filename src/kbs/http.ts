@@ -21,6 +21,8 @@ export interface KbsHttpOptions {
   baseUrl: string;
   /** PEM CA file trusted in addition to Node's root store (`kbs.cert`). */
   certPath: string | undefined;
+  /** Trust only `certPath`'s CAs, not Node's roots or NODE_EXTRA_CA_CERTS (`kbs.cert_only`). */
+  certOnly?: boolean;
   /** Deadline of each request (`kbs.timeout_ms`). */
   timeoutMs: number;
   env: NodeJS.ProcessEnv;
@@ -87,7 +89,7 @@ export class KbsHttp {
 
   static async create(opts: KbsHttpOptions): Promise<KbsHttp> {
     const base = new URL(opts.baseUrl);
-    const secureContext = base.protocol === 'https:' ? await trustFor(opts.certPath) : undefined;
+    const secureContext = base.protocol === 'https:' ? await trustFor(opts.certPath, opts.certOnly === true) : undefined;
     const tlsOpts = secureContext ? { secureContext } : {};
     const proxy = proxyFor(base, opts.env);
     const dispatcher: Dispatcher = proxy
@@ -194,7 +196,7 @@ async function readLimited(body: Dispatcher.ResponseData['body'], maxBytes: numb
  * costs ~150 ms per process, so the CAs are added to a default context instead: on the first addition Node copies
  * its already-parsed root store — without NODE_EXTRA_CA_CERTS, which is therefore added here as well.
  */
-async function trustFor(certPath: string | undefined): Promise<SecureContext | undefined> {
+async function trustFor(certPath: string | undefined, certOnly: boolean): Promise<SecureContext | undefined> {
   if (certPath === undefined) return undefined;
   let pem: string;
   try {
@@ -212,6 +214,8 @@ async function trustFor(certPath: string | undefined): Promise<SecureContext | u
       throw new DecoderError(`the KBS CA file ${certPath} (kbs.cert) contains an unreadable certificate`);
     }
   }
+  // Pinning: `ca:` replaces the root store, which is exactly what cert_only asks for (and costs nothing to parse).
+  if (certOnly) return createSecureContext({ ca: blocks });
   // Node itself only warns about an unreadable NODE_EXTRA_CA_CERTS; so do we (by ignoring it).
   const extraFile = process.env['NODE_EXTRA_CA_CERTS'];
   const extra = extraFile ? pemCertificates(await readFile(extraFile, 'utf8').catch(() => '')) : [];

@@ -88,7 +88,7 @@ export function createKeySource(opts: KeySourceOptions): KeySource {
   let reattestations = 0;
 
   const http = (): Promise<KbsHttp> =>
-    (httpP ??= KbsHttp.create({ baseUrl: kbsUrl, certPath: config.kbs.cert, timeoutMs: config.kbs.timeoutMs, env: opts.env ?? process.env }));
+    (httpP ??= KbsHttp.create({ baseUrl: kbsUrl, certPath: config.kbs.cert, certOnly: config.kbs.certOnly, timeoutMs: config.kbs.timeoutMs, env: opts.env ?? process.env }));
   const cache = (): Promise<TokenCache | undefined> =>
     (cacheP ??= TokenCache.open({ dir: config.cache.dir, refreshMarginSeconds: config.cache.refreshMarginSeconds, onWarning: warn }));
   const attester = (): Promise<Attester> =>

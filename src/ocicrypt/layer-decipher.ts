@@ -3,7 +3,7 @@
  * so the tail of the plaintext is held back until it verifies: on a mismatch (tampering, truncation) the output
  * stays visibly incomplete and containerd's gunzip/diffID checks cannot mistake it for a whole layer.
  */
-import { createDecipheriv, createHmac, timingSafeEqual, type Decipher, type Hmac } from 'node:crypto';
+import { createDecipheriv, createHash, createHmac, timingSafeEqual, type Decipher, type Hash, type Hmac } from 'node:crypto';
 import { Socket, type OnReadOpts, type SocketConstructorOpts } from 'node:net';
 import type { Readable, Writable } from 'node:stream';
 import { DecoderError } from '../util/errors.js';
@@ -20,22 +20,38 @@ const READ_BUFFER_BYTES = 64 * 1024;
 
 const STAGE = 'could not copy data';
 
+export interface LayerDecipherOptions extends LayerCipherOptions {
+  /**
+   * Strict mode (`[integrity] check_plain_digest`): the sha256 the plaintext must have, from the private options.
+   * Checked in `verify()`, so before the held-back tail is released.
+   */
+  plainSha256?: Buffer;
+}
+
 /** The cipher state of one layer. Creating it copies the key into OpenSSL, so the caller may zero its copy. */
 export class LayerDecipher {
   readonly #decipher: Decipher;
   readonly #hmac: Hmac;
   readonly #expected: Buffer;
+  readonly #plainHash: Hash | undefined;
+  readonly #plainExpected: Buffer | undefined;
 
-  constructor(options: LayerCipherOptions) {
+  constructor(options: LayerDecipherOptions) {
     this.#decipher = createDecipheriv('aes-256-ctr', options.key, options.nonce);
     this.#hmac = createHmac('sha256', options.key);
     this.#expected = Buffer.from(options.hmac);
+    if (options.plainSha256 !== undefined) {
+      this.#plainExpected = Buffer.from(options.plainSha256);
+      this.#plainHash = createHash('sha256');
+    }
   }
 
   /** Authenticates then decrypts one ciphertext chunk (CTR: output length equals input length). */
   update(ciphertext: Buffer): Buffer {
     this.#hmac.update(ciphertext);
-    return this.#decipher.update(ciphertext);
+    const plain = this.#decipher.update(ciphertext);
+    this.#plainHash?.update(plain);
+    return plain;
   }
 
   /** Throws unless the HMAC over all ciphertext seen matches the expected one. */
@@ -51,11 +67,27 @@ export class LayerDecipher {
         { stage: STAGE },
       );
     }
+    if (this.#plainHash !== undefined && this.#plainExpected !== undefined) {
+      const got = this.#plainHash.digest();
+      const same = timingSafeEqual(got, this.#plainExpected);
+      got.fill(0);
+      // Neither digest is shown: both derive from decrypted data.
+      if (!same) {
+        throw new DecoderError('the decrypted layer does not have the sha256 digest its private options name ([integrity] check_plain_digest)', {
+          stage: STAGE,
+        });
+      }
+    }
   }
 }
 
 export interface DecryptStreamOptions {
   holdbackBytes?: number;
+  /**
+   * Zero each plaintext chunk once `output` reports it written. Only for sinks that copy what they are given
+   * (a socket or file on fd 1); a Writable that keeps the chunks (a collector) would see zeros.
+   */
+  zeroWritten?: boolean;
 }
 
 /**
@@ -77,6 +109,7 @@ class LayerPump {
     private readonly decipher: LayerDecipher,
     private readonly out: Writable,
     private readonly holdback: number,
+    private readonly zeroWritten = false,
   ) {
     out.on('error', this.#onError);
   }
@@ -124,6 +157,8 @@ class LayerPump {
 
   dispose(): void {
     this.out.off('error', this.#onError);
+    for (const chunk of this.#queue.splice(0)) chunk.fill(0); // withheld plaintext of a failed layer
+    this.#queued = 0;
   }
 
   #write(): boolean {
@@ -134,6 +169,7 @@ class LayerPump {
     this.#lastWrite = new Promise((resolve) => {
       ok = this.out.write(chunk, (err) => {
         if (err) this.#onError(err);
+        if (this.zeroWritten) chunk.fill(0); // handed to the kernel (or failed): no plaintext lingers in our heap
         resolve();
       });
     });
@@ -162,7 +198,7 @@ export async function decryptLayerStream(
   decipher: LayerDecipher,
   options: DecryptStreamOptions = {},
 ): Promise<number> {
-  const pump = new LayerPump(decipher, output, options.holdbackBytes ?? HOLDBACK_BYTES);
+  const pump = new LayerPump(decipher, output, options.holdbackBytes ?? HOLDBACK_BYTES, options.zeroWritten);
   try {
     try {
       for await (const chunk of input as AsyncIterable<Buffer>) {
@@ -187,7 +223,7 @@ export function decryptLayerFd(
   decipher: LayerDecipher,
   options: DecryptStreamOptions = {},
 ): Promise<number> {
-  const pump = new LayerPump(decipher, output, options.holdbackBytes ?? HOLDBACK_BYTES);
+  const pump = new LayerPump(decipher, output, options.holdbackBytes ?? HOLDBACK_BYTES, options.zeroWritten);
   return new Promise<number>((resolve, reject) => {
     let failed = false;
     const fail = (err: unknown): void => {

@@ -27,6 +27,7 @@ const FULL = `
 [kbs]
 url = "https://kbs.example:8080/"
 cert = "/etc/coco-decoder/kbs-ca.pem"
+cert_only = true
 allow_http = false
 timeout_ms = 5000
 total_timeout_ms = 45000
@@ -56,6 +57,9 @@ format = "json"
 
 [keyprovider]
 timeout_ms = 1234
+
+[integrity]
+check_plain_digest = true
 `;
 
 describe('path precedence', () => {
@@ -97,6 +101,7 @@ describe('keys', () => {
       kbs: {
         url: 'https://kbs.example:8080',
         cert: '/etc/coco-decoder/kbs-ca.pem',
+        certOnly: true,
         allowHttp: false,
         timeoutMs: 5000,
         totalTimeoutMs: 45000,
@@ -116,7 +121,12 @@ describe('keys', () => {
       cache: { dir: '/run/coco', refreshMarginSeconds: 0, lockTimeoutMs: 1000 },
       log: { level: 'debug', file: '/var/log/coco-decoder.log', syslog: true, format: 'json' },
       keyprovider: { timeoutMs: 1234 },
+      integrity: { checkPlainDigest: true },
     });
+  });
+
+  it('kbs.cert_only needs kbs.cert', () => {
+    expect(() => parseConfig('[kbs]\ncert_only = true\n', '/c.toml')).toThrow(/kbs\.cert_only.*needs kbs\.cert/);
   });
 
   it('an empty file gives the defaults (with the source recorded)', () => {

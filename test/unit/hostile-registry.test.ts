@@ -5,7 +5,7 @@
  * bounded fan-out to the KBS, and a bounded, control-free error line.
  */
 import { createCipheriv, createDecipheriv, createHash, createHmac, generateKeyPairSync, randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
@@ -38,8 +38,8 @@ interface Layer {
   nonce: Buffer;
 }
 
-function layer(annotations: (l: { key: Buffer; nonce: Buffer; hmac: Buffer }) => Record<string, string>): Layer {
-  const plaintext = randomBytes(20_000);
+function layer(annotations: (l: { key: Buffer; nonce: Buffer; hmac: Buffer; plaintext: Buffer }) => Record<string, string>, size = 20_000): Layer {
+  const plaintext = randomBytes(size);
   const key = randomBytes(32);
   const nonce = randomBytes(16);
   const c = createCipheriv('aes-256-ctr', key, nonce);
@@ -54,7 +54,7 @@ function layer(annotations: (l: { key: Buffer; nonce: Buffer; hmac: Buffer }) =>
       mediaType: GZ_ENC,
       digest: `sha256:${createHash('sha256').update(ciphertext).digest('hex')}`,
       size: ciphertext.length,
-      annotations: { [PUBOPTS]: publicOptionsJson(hmac).toString('base64'), ...annotations({ key, nonce, hmac }) },
+      annotations: { [PUBOPTS]: publicOptionsJson(hmac).toString('base64'), ...annotations({ key, nonce, hmac, plaintext }) },
     },
   };
 }
@@ -209,5 +209,39 @@ describe('the error line is bounded and control-free', () => {
     expect(r.code).toBe(1);
     const line = expectOneBoundedLine(r.stderr);
     expect(line).toMatch(/and 2996 more unknown key-wrap schemes|…$/);
+  });
+});
+
+describe('strict mode: [integrity] check_plain_digest', () => {
+  const sha256 = (b: Buffer): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+  const strict = (): void => writeFileSync(config, `${readFileSync(config, 'utf8')}[integrity]\ncheck_plain_digest = true\n`);
+  const SIZE = 300_000;
+
+  it('a layer that decrypts to the digest in its private options passes', async () => {
+    strict();
+    const l = layer(({ key, nonce, plaintext }) => ({ [AA]: b64(wrapForAttestationAgent(privateOptionsJson(key, sha256(plaintext), nonce), KID, KEK)) }), SIZE);
+    const r = await decode(l);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(r.stdout!.equals(l.plaintext)).toBe(true);
+  });
+
+  it('another digest fails the layer with a fixed message, before the held-back tail is released', async () => {
+    strict();
+    const l = layer(({ key, nonce }) => ({ [AA]: b64(wrapForAttestationAgent(privateOptionsJson(key, sha256(Buffer.from('another layer')), nonce), KID, KEK)) }), SIZE);
+    const r = await decode(l);
+    expect(r.code).toBe(1);
+    expect(expectOneBoundedLine(r.stderr)).toMatch(/the decrypted layer does not have the sha256 digest its private options name/);
+    expect(r.stderr).not.toContain(sha256(l.plaintext).slice(7));
+    expect(r.stdout!.length).toBeLessThanOrEqual(SIZE - 64 * 1024);
+  });
+
+  it('no digest in the private options fails the layer; without strict mode it decrypts', async () => {
+    const l = layer(({ key, nonce }) => ({ [AA]: b64(wrapForAttestationAgent(privateOptionsJson(key, '', nonce), KID, KEK)) }));
+    expect((await decode(l)).code).toBe(0);
+    strict();
+    const r = await decode(l);
+    expect(r.code).toBe(1);
+    expect(expectOneBoundedLine(r.stderr)).toMatch(/carry no sha256 plaintext digest, which \[integrity\] check_plain_digest requires/);
   });
 });

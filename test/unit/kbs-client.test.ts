@@ -352,6 +352,34 @@ describe('HTTPS', () => {
     expect(result, out).toMatchObject({ ok: true, attested: true });
   }, 30_000);
 
+  it('kbs.cert_only pins kbs.cert: a KBS certified by a CA that only NODE_EXTRA_CA_CERTS trusts is refused, ours still works', async () => {
+    const other = await startKbs({ tls: { cert: pki.otherCertPem, key: pki.otherKeyPem } });
+    const pinned = testConfig(other.url, cacheDir(), (c) => {
+      c.kbs.cert = pki.caFile;
+      c.kbs.certOnly = true;
+    });
+    const child = spawn(process.execPath, ['--import', 'tsx', join(import.meta.dirname, 'kbs-child.ts'), JSON.stringify(pinned), KID], {
+      cwd: join(import.meta.dirname, '..', '..'),
+      env: { ...process.env, NODE_EXTRA_CA_CERTS: pki.otherCaFile },
+      timeout: 25_000,
+    });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out === 'ready\n') child.stdin.end('go\n');
+    });
+    await new Promise((resolve) => child.on('close', resolve));
+    expect(JSON.parse(out.split('\n')[1] ?? '{}'), out).toMatchObject({ ok: false });
+    expect(other.counters.auth).toBe(0);
+
+    const ours = await startKbs({ tls: { cert: pki.certPem, key: pki.keyPem } });
+    const config = testConfig(ours.url, cacheDir(), (c) => {
+      c.kbs.cert = pki.caFile;
+      c.kbs.certOnly = true;
+    });
+    expect((await source(config).getResource(uri)).data.equals(KEK)).toBe(true);
+  }, 30_000);
+
   it('an unreadable kbs.cert is reported by key name', async () => {
     const k = await startKbs({ tls: { cert: pki.certPem, key: pki.keyPem } });
     const err = await source(testConfig(k.url, cacheDir(), (c) => (c.kbs.cert = '/nonexistent/ca.pem'))).getResource(uri).catch((e) => e);

@@ -33,7 +33,7 @@ export async function checkKbs(config: Config, tee: TeeType, env: NodeJS.Process
   }
   let http: KbsHttp;
   try {
-    http = await KbsHttp.create({ baseUrl: url, certPath: config.kbs.cert, timeoutMs: config.kbs.timeoutMs, env });
+    http = await KbsHttp.create({ baseUrl: url, certPath: config.kbs.cert, certOnly: config.kbs.certOnly, timeoutMs: config.kbs.timeoutMs, env });
   } catch (err) {
     return { result: fail('kbs', describeError(err), `make kbs.cert in ${where} name a readable PEM file with the KBS's CA certificate`) };
   }
