@@ -13,6 +13,7 @@ import { constants as fsConstants, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { DecoderError } from '../util/errors.js';
 import { quoteUntrusted } from '../util/quote.js';
+import { acquireLock } from '../util/file-lock.js';
 
 export type TsmProvider = 'tdx_guest' | 'sev_guest' | 'arm_cca_guest';
 const KNOWN_PROVIDERS: readonly string[] = ['tdx_guest', 'sev_guest', 'arm_cca_guest'];
@@ -341,84 +342,22 @@ async function readBlob(fs: TsmFs, dir: string, name: 'outblob' | 'auxblob', pro
 
 // ---- cross-process lock ----
 
-/** A lock older than this is abandoned whatever its PID says (PID namespaces make PIDs unreliable). */
-const STALE_LOCK_MS = 120_000;
-
 /**
  * Serialises configfs-tsm use between coco-decoder processes: a second TDX quote while one is in flight gets
- * EBUSY. O_EXCL lock file holding "<pid> <token>", stale when its owner is gone or it is too old. If the lock
- * cannot even be created (read-only /run, not root), the request goes ahead unlocked: the generation checks
- * keep it correct and EBUSY is retried.
+ * EBUSY. The flock of util/file-lock.ts on a file under root-only /run. If the lock cannot be taken at all (no
+ * flock(1), read-only /run, not root), the request goes ahead unlocked: the generation checks keep it correct and
+ * EBUSY is retried.
  */
 async function withLock<T>(lockPath: string | null, deadline: number, fn: () => Promise<T>): Promise<T> {
   if (lockPath === null) return fn();
-  const token = `${process.pid} ${Date.now()}-${Math.random().toString(36).slice(2)}`;
-  let held = false;
-  for (;;) {
-    try {
-      const fh = await fsp.open(lockPath, 'wx', 0o600);
-      try {
-        await fh.writeFile(token);
-      } finally {
-        await fh.close();
-      }
-      held = true;
-      break;
-    } catch (err) {
-      const code = errCode(err);
-      if (code === 'EEXIST') {
-        if (await removeIfStale(lockPath)) continue;
-        if (Date.now() >= deadline) {
-          throw new TsmError(`timed out waiting for another coco-decoder's attestation (lock ${lockPath})`, 'TEE_BUSY', code, err);
-        }
-        await sleep(100 + Math.floor(Math.random() * 100));
-        continue;
-      }
-      if (code === 'ENOENT') {
-        // Parent directory missing: create it once (root-owned, private), then retry.
-        const made = await fsp.mkdir(path.dirname(lockPath), { recursive: true, mode: 0o700 }).then(
-          () => true,
-          () => false,
-        );
-        if (made && (await fsp.access(path.dirname(lockPath)).then(() => true, () => false))) continue;
-      }
-      break; // EACCES/EROFS/…: proceed unlocked (see above)
-    }
+  const outcome = await acquireLock(lockPath, Math.max(deadline - Date.now(), 0), new AbortController().signal);
+  if (!outcome.acquired && outcome.reason === 'timeout') {
+    throw new TsmError(`timed out waiting for another coco-decoder's attestation (lock ${lockPath})`, 'TEE_BUSY');
   }
   try {
     return await fn();
   } finally {
-    if (held) {
-      const current = await fsp.readFile(lockPath, 'utf8').catch(() => undefined);
-      if (current === token) await fsp.unlink(lockPath).catch(() => undefined);
-    }
-  }
-}
-
-async function removeIfStale(lockPath: string): Promise<boolean> {
-  let content: string;
-  let mtimeMs: number;
-  try {
-    content = await fsp.readFile(lockPath, 'utf8');
-    mtimeMs = (await fsp.stat(lockPath)).mtimeMs;
-  } catch (err) {
-    return errCode(err) === 'ENOENT'; // released meanwhile: retry at once
-  }
-  const pid = Number.parseInt(content.split(' ')[0] ?? '', 10);
-  const ownerGone = Number.isInteger(pid) && pid > 0 && !processAlive(pid);
-  const tooOld = Date.now() - mtimeMs > STALE_LOCK_MS;
-  // A lock being written right now may still be empty: only age makes an unparsable lock stale.
-  if (!ownerGone && !tooOld) return false;
-  await fsp.unlink(lockPath).catch(() => undefined);
-  return true;
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return errCode(err) === 'EPERM';
+    if (outcome.acquired) await outcome.lock.release();
   }
 }
 

@@ -271,7 +271,7 @@ async function decodeLayer(args: DecodeArgs, logger: Logger, configs: ConfigSour
   const getConfig = (): Promise<Config> =>
     configs.get().then((cfg) => {
       if (args.logLevel === undefined) logger.level = cfg.log.level;
-      deadline.extendTo(cfg.kbs.totalTimeoutMs + cfg.keyprovider.timeoutMs + 10_000);
+      deadline.extendTo(cfg.cache.lockTimeoutMs + cfg.kbs.totalTimeoutMs + cfg.keyprovider.timeoutMs + 10_000);
       return cfg;
     });
 

@@ -15,7 +15,7 @@ import type { Deadline } from './deadline.js';
 import { KbsError } from './errors.js';
 import { KbsHttp } from './http.js';
 import type { KbsRequestCounts } from './http.js';
-import { acquireLock, lockName } from './lock.js';
+import { acquireLock, lockPathFor } from '../util/file-lock.js';
 import type { ProtocolVersion } from './protocol.js';
 import type { ResourceUri } from './resource-uri.js';
 import type { TeeKeyPair } from './tee-key.js';
@@ -108,7 +108,7 @@ export function createKeySource(opts: KeySourceOptions): KeySource {
   return {
     async getResource(uri: ResourceUri, signal?: AbortSignal): Promise<ResourceResult> {
       const started = Date.now();
-      const deadline = createDeadline(config.kbs.totalTimeoutMs, kbsUrl, signal);
+      let deadline = createDeadline(config.kbs.totalTimeoutMs, kbsUrl, signal);
       const h = await http();
       const before = { ...h.counts };
       const tc = await cache();
@@ -122,10 +122,24 @@ export function createKeySource(opts: KeySourceOptions): KeySource {
         let { creds } = await fromCache(tc, rejected);
         if (!creds) {
           if (attested) throw new KbsError('token-rejected', `the KBS ${kbsUrl} keeps refusing fresh attestation tokens`);
-          const lock = tc ? await acquireLock(await lockName(config.cache.dir, tc.fileFor(scope)), config.cache.lockTimeoutMs, deadline.signal) : undefined;
-          if (lock) lockWaitMs += lock.waitedMs;
-          if (lock && !lock.acquired && !deadline.signal.aborted) {
-            warn(`waited ${config.cache.lockTimeoutMs} ms (cache.lock_timeout_ms) for another attestation; attesting without the lock`);
+          // The wait is bounded by cache.lock_timeout_ms and the layer's own signal, never by the KBS budget: a slow
+          // peer's attestation must not leave us too little time for our own.
+          const lockSignal = signal ?? new AbortController().signal;
+          const lock = tc
+            ? await acquireLock(lockPathFor(tc.fileFor(scope)), config.cache.lockTimeoutMs, lockSignal, {
+                recheck: async () => (await fromCache(tc, rejected)).creds !== undefined,
+              })
+            : undefined;
+          if (lock) {
+            lockWaitMs += lock.waitedMs;
+            if (lock.waitedMs > 0) deadline = createDeadline(config.kbs.totalTimeoutMs, kbsUrl, signal);
+          }
+          if (lock && !lock.acquired) {
+            if (lock.reason === 'timeout') {
+              warn(`waited ${config.cache.lockTimeoutMs} ms (cache.lock_timeout_ms) for another attestation; attesting without the lock`);
+            } else if (lock.reason === 'unavailable') {
+              warn(`attestation lock unavailable (${lock.detail ?? 'unknown'}); attesting without it`);
+            }
           }
           try {
             if (deadline.signal.aborted) throw deadline.error('waiting for another attestation');

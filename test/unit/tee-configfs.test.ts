@@ -1,5 +1,6 @@
-import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -165,7 +166,14 @@ describe('configfs-tsm cross-process lock', () => {
   });
   afterEach(() => rmSync(dir, { recursive: true, force: true }));
 
-  it('serialises concurrent requests and removes its lock', async () => {
+  /** Another process holding the flock (as a second coco-decoder would): the shell exec's into sleep with fd 9. */
+  async function holder(lockPath: string): Promise<ChildProcess> {
+    const child = spawn('sh', ['-c', 'exec 9>"$1"; flock 9; echo held; exec sleep 30', 'sh', lockPath], { stdio: ['ignore', 'pipe', 'inherit'] });
+    await once(child.stdout!, 'data');
+    return child;
+  }
+
+  it('serialises concurrent requests; the (empty) lock file stays and is free afterwards', async () => {
     const lockPath = path.join(dir, 'tsm.lock');
     let active = 0;
     let maxActive = 0;
@@ -184,24 +192,32 @@ describe('configfs-tsm cross-process lock', () => {
     const rs = await Promise.all([1, 2, 3].map((n) => tsmGetReport({ root: ROOT, provider: 'tdx_guest', inblob: inblob(n), fs: slowFs, lockPath })));
     expect(rs.map((r) => parseTdQuote(r.outblob).body.reportData[0])).toEqual([1, 2, 3]);
     expect(maxActive).toBe(1);
-    expect(existsSync(lockPath)).toBe(false);
+    // Never unlinked (that would race with the next taker); flock(1) can take it at once.
+    expect(readFileSync(lockPath).length).toBe(0);
+    expect(spawnSync('flock', ['--nonblock', lockPath, 'true']).status).toBe(0);
   });
 
   it('waits for a live holder and times out with TEE_BUSY', async () => {
     const lockPath = path.join(dir, 'tsm.lock');
-    writeFileSync(lockPath, `${process.pid} someone-else`);
-    const err = await tsmGetReport({ root: ROOT, provider: 'tdx_guest', inblob: inblob(1), fs: fake, lockPath, timeoutMs: 300 }).catch((e: unknown) => e);
-    expect(err).toEqual(expectTsmError('TEE_BUSY'));
-    expect(readFileSync(lockPath, 'utf8')).toBe(`${process.pid} someone-else`); // never steals a live lock
+    const h = await holder(lockPath);
+    try {
+      const err = await tsmGetReport({ root: ROOT, provider: 'tdx_guest', inblob: inblob(1), fs: fake, lockPath, timeoutMs: 300 }).catch((e: unknown) => e);
+      expect(err).toEqual(expectTsmError('TEE_BUSY'));
+    } finally {
+      h.kill('SIGKILL');
+    }
   });
 
-  it('takes over a lock whose owner is gone', async () => {
+  it('a holder that dies releases the lock: the waiter proceeds at once', async () => {
     const lockPath = path.join(dir, 'tsm.lock');
-    const dead = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' });
-    writeFileSync(lockPath, `${dead.stdout} crashed`);
-    const r = await tsmGetReport({ root: ROOT, provider: 'tdx_guest', inblob: inblob(9), fs: fake, lockPath, timeoutMs: 2000 });
+    const h = await holder(lockPath);
+    const pending = tsmGetReport({ root: ROOT, provider: 'tdx_guest', inblob: inblob(9), fs: fake, lockPath, timeoutMs: 10_000 });
+    await new Promise((r) => setTimeout(r, 200));
+    const t0 = Date.now();
+    h.kill('SIGKILL');
+    const r = await pending;
     expect(r.outblob.length).toBeGreaterThan(0);
-    expect(existsSync(lockPath)).toBe(false);
+    expect(Date.now() - t0).toBeLessThan(2000);
   });
 });
 

@@ -6,11 +6,14 @@
 import { spawn } from 'node:child_process';
 import type { ChildProcessWithoutNullStreams } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, mkdtempSync, statfsSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { realpathSync, chmodSync, chownSync, existsSync, lstatSync, mkdirSync, mkdtempSync, statfsSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
+import { once } from 'node:events';
 import { afterEach, describe, expect, it } from 'vitest';
+import { TokenCache } from '../../src/kbs/token-cache.js';
+import { findNobody, stageForUnprivileged } from '../helpers/unprivileged.js';
 import type { Config } from '../../src/config/types.js';
 import { createKeySource } from '../../src/kbs/key-source.js';
 import type { KeySource } from '../../src/kbs/key-source.js';
@@ -79,8 +82,11 @@ describe('cache files', () => {
     expect(f.isFile()).toBe(true);
     expect(f.mode & 0o777).toBe(0o600);
     expect(f.uid).toBe(uid);
-    // No leftover temporary files from the atomic write.
-    expect(readdirSync(dir)).toHaveLength(1);
+    // No leftover temporary files from the atomic write; beside the token only its (empty, 0600) attestation lock.
+    const token = tokenFile(dir).split('/').pop()!;
+    expect(readdirSync(dir).sort()).toEqual([token, `${token}.lock`]);
+    const l = lstatSync(join(dir, `${token}.lock`));
+    expect([l.isFile(), l.size, l.mode & 0o777, l.uid]).toEqual([true, 0, 0o600, uid]);
   });
 
   it('tightens an existing cache directory to 0700', async () => {
@@ -98,7 +104,7 @@ describe('cache files', () => {
     await fetchOnce(testConfig(k.url, dir));
     await fetchOnce(testConfig(k.url, dir, (c) => (c.kbs.teeKeyAlgorithm = 'rsa-oaep-256')));
     const files = readdirSync(dir);
-    expect(files).toHaveLength(2);
+    expect(files).toHaveLength(4); // two tokens and their lock files
     const forms = [KEK, Buffer.from(KEK.toString('hex')), Buffer.from(KEK.toString('base64')), Buffer.from(KEK.toString('base64url'))];
     for (const f of files) {
       const bytes = readFileSync(join(dir, f));
@@ -229,7 +235,7 @@ describe('token lifetime and key pairs', () => {
     await fetchOnce(testConfig(a.url, dir));
     await fetchOnce(testConfig(b.url, dir));
     expect([a.counters.attest, b.counters.attest]).toEqual([1, 1]);
-    expect(readdirSync(dir)).toHaveLength(2);
+    expect(readdirSync(dir).filter((f) => f.endsWith('.json'))).toHaveLength(2);
   });
 });
 
@@ -277,6 +283,52 @@ describe('concurrent layer processes', () => {
     expect(results.every((r) => r.ok && r.kekSha256 === kekHash)).toBe(true);
     expect(results.filter((r) => r.attested)).toHaveLength(1);
     expect(k.counters).toMatchObject({ auth: 1, attest: 1, resource: 6, resourceOk: 6 });
+  }, 60_000);
+
+  // The old lock was an abstract unix socket: any local user could bind its name and make every cold pull wait
+  // out cache.lock_timeout_ms. The flock lives in the 0700 cache directory, out of an unprivileged user's reach.
+  const nobody = findNobody();
+  it.skipIf('skip' in nobody)(`a squatter running as nobody changes nothing${'skip' in nobody ? `: skipped, ${nobody.skip}` : ''}`, async (ctx) => {
+    if ('skip' in nobody) return;
+    const stage = stageForUnprivileged([process.execPath], 'lock-squatter-');
+    if ('skip' in stage) {
+      console.warn(`[token-cache] ${stage.skip}`);
+      ctx.skip();
+      return;
+    }
+    const k = await startKbs();
+    k.faults.delayMs = 100;
+    const dir = cacheDir();
+    const config = testConfig(k.url, dir, (c) => (c.cache.lockTimeoutMs = 20_000));
+    const tc = await TokenCache.open({ dir, refreshMarginSeconds: 30, onWarning: () => undefined });
+    const scopeFile = tc!.fileFor({ kbsUrl: config.kbs.url!, tee: config.attestation.tee, keyAlgorithm: config.kbs.teeKeyAlgorithm });
+    const oldName = `\0coco-decoder/attest/${createHash('sha256').update(`0\n${realpathSync(dir)}\n${scopeFile}`).digest('hex').slice(0, 40)}`;
+    const lockFile = `${scopeFile}.lock`;
+    // As nobody: squat the old abstract name, and try to open (and so flock) the new lock file.
+    const squatter = spawn(
+      stage.staged.get(process.execPath)!,
+      [
+        '-e',
+        `const fs=require('fs');let r;try{fs.openSync(${JSON.stringify(lockFile)},fs.constants.O_RDWR|fs.constants.O_CREAT);r='opened'}catch(e){r=e.code}` +
+          `require('net').createServer(()=>{}).listen({path:${JSON.stringify(oldName)}},()=>console.log(r))`,
+      ],
+      { uid: nobody.uid, gid: nobody.gid, cwd: stage.dir, stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    try {
+      const [line] = (await once(squatter.stdout, 'data')) as [Buffer];
+      expect(line.toString().trim()).toBe('EACCES');
+      const t0 = Date.now();
+      const procs = Array.from({ length: 3 }, () => startChild(config));
+      await Promise.all(procs.map((p) => p.ready));
+      for (const p of procs) p.child.stdin.write('go\n');
+      const results = await Promise.all(procs.map((p) => p.result));
+      expect(results.every((r) => r.ok && r.kekSha256 === kekHash)).toBe(true);
+      expect(k.counters.attest).toBe(1);
+      expect(Date.now() - t0).toBeLessThan(10_000); // nowhere near cache.lock_timeout_ms
+    } finally {
+      squatter.kill('SIGKILL');
+      stage.cleanup();
+    }
   }, 60_000);
 
   it('a lock holder killed mid-attestation does not block the others', async () => {
