@@ -15,6 +15,7 @@ export interface Attester {
   /**
    * Evidence binding `reportData` (the raw digest, 48 bytes for SHA-384). Padding to the TEE's field width
    * (64 bytes for TDX/SNP) is the attester's job; the result is the JSON value placed in `primary_evidence`.
+   * `signal` is the layer's deadline: when it aborts, the promise rejects at once.
    */
-  getEvidence(reportData: Uint8Array): Promise<unknown>;
+  getEvidence(reportData: Uint8Array, signal?: AbortSignal): Promise<unknown>;
 }

@@ -13,17 +13,22 @@ export interface AzureImds {
 }
 
 export const AZURE_IMDS_URL = 'http://169.254.169.254';
+/** Largest IMDS answer read: a VCEK PEM or a TD quote with its certification data is a few KiB. */
+export const MAX_IMDS_RESPONSE_BYTES = 256 * 1024;
 
 export function httpAzureImds(baseUrl = AZURE_IMDS_URL, timeoutMs = 10_000): AzureImds {
   async function call(path: string, init: RequestInit): Promise<unknown> {
     const url = `${baseUrl}${path}`;
     let res: Response;
+    const signal = AbortSignal.timeout(timeoutMs);
     try {
-      res = await fetch(url, { ...init, signal: AbortSignal.timeout(timeoutMs) });
+      // No redirects: IMDS never sends one, and following it would take evidence material to another host.
+      res = await fetch(url, { ...init, redirect: 'error', signal });
     } catch (err) {
       throw new DecoderError(`Azure IMDS ${path} unreachable within ${timeoutMs} ms: ${describeError(err)}`);
     }
-    const text = await res.text();
+    if (res.status >= 300 && res.status < 400) throw new DecoderError(`Azure IMDS ${path} answered a redirect (HTTP ${res.status}); refused`);
+    const text = await boundedText(res, path);
     if (!res.ok) throw new DecoderError(`Azure IMDS ${path} answered HTTP ${res.status}`);
     try {
       return JSON.parse(text);
@@ -52,6 +57,36 @@ export function httpAzureImds(baseUrl = AZURE_IMDS_URL, timeoutMs = 10_000): Azu
       return Buffer.from(quote.replace(/-/g, '+').replace(/_/g, '/'), 'base64');
     },
   };
+}
+
+/** The body as text, refusing (and cancelling) one larger than MAX_IMDS_RESPONSE_BYTES. */
+async function boundedText(res: Response, path: string): Promise<string> {
+  const declared = Number(res.headers.get('content-length') ?? '0');
+  const tooBig = (): DecoderError => new DecoderError(`Azure IMDS ${path} answered more than ${MAX_IMDS_RESPONSE_BYTES} bytes; refused`);
+  if (declared > MAX_IMDS_RESPONSE_BYTES) {
+    await res.body?.cancel().catch(() => undefined);
+    throw tooBig();
+  }
+  if (!res.body) return '';
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  const reader = res.body.getReader();
+  for (;;) {
+    let r: Awaited<ReturnType<typeof reader.read>>;
+    try {
+      r = await reader.read();
+    } catch (err) {
+      throw new DecoderError(`Azure IMDS ${path}: reading the answer failed: ${describeError(err)}`);
+    }
+    if (r.done) break;
+    total += r.value.length;
+    if (total > MAX_IMDS_RESPONSE_BYTES) {
+      await reader.cancel().catch(() => undefined);
+      throw tooBig();
+    }
+    chunks.push(r.value);
+  }
+  return Buffer.concat(chunks).toString('utf8');
 }
 
 /** The single CERTIFICATE block of a PEM string, as DER (GC `pem_to_der`). */

@@ -21,6 +21,7 @@ import { nvDefineSpace, nvRead, nvReadFull, nvReadPublic, nvUndefineSpace, nvWri
 import { pcrReadBank } from './tpm/pcr-read.js';
 import { MAX_QUALIFYING_DATA, tpmQuote } from './tpm/quote.js';
 import { deviceTpmTransport, type TpmTransport } from './tpm/transport.js';
+import { abortable } from '../util/abortable.js';
 
 export { deviceTpmTransport, type TpmTransport };
 
@@ -73,11 +74,16 @@ export function createAzureVtpmAttester(tee: AzureTee, config: AttestationConfig
   return {
     tee,
     hardware: true,
-    getEvidence(reportData: Uint8Array): Promise<AzSnpVtpmEvidence | AzTdxVtpmEvidence> {
+    getEvidence(reportData: Uint8Array, signal?: AbortSignal): Promise<AzSnpVtpmEvidence | AzTdxVtpmEvidence> {
+      // Every TPM command checks the layer's signal first, so an abandoned collection stops at the next command.
+      const bound: TpmTransport = (command) => {
+        if (signal?.aborted) return Promise.reject(new DecoderError('vTPM evidence abandoned: the layer deadline passed'));
+        return abortable(transport(command), signal, 'vTPM evidence');
+      };
       // The NV index is shared state: one evidence collection at a time.
-      const run = queue.then(() => collectEvidence(tee, transport, imds, delayMs, Buffer.from(reportData)));
+      const run = queue.then(() => collectEvidence(tee, bound, imds, delayMs, Buffer.from(reportData)));
       queue = run.catch(() => undefined);
-      return run;
+      return abortable(run, signal, 'vTPM evidence');
     },
   };
 }

@@ -19,6 +19,7 @@ import {
   type SnpCertEntry,
 } from './snp-report.js';
 import type { TeeAddon } from './native.js';
+import { abortable } from '../util/abortable.js';
 
 /** Test seams. */
 export interface SnpAttesterOptions {
@@ -37,7 +38,13 @@ export function createSnpAttester(config: AttestationConfig, options: SnpAtteste
   return {
     tee: 'snp',
     hardware: true,
-    async getEvidence(reportData: Uint8Array): Promise<unknown> {
+    getEvidence(reportData: Uint8Array, signal?: AbortSignal): Promise<unknown> {
+      return abortable(snpEvidence(reportData), signal, 'the SEV-SNP report');
+    },
+  };
+
+  async function snpEvidence(reportData: Uint8Array): Promise<unknown> {
+    {
       const userData = padReportData(reportData, 'SEV-SNP');
       const { report, certs } = await acquire(config, options, userData, vmpl);
       const parsed = parseSnpReport(report);
@@ -50,8 +57,8 @@ export function createSnpAttester(config: AttestationConfig, options: SnpAtteste
         throw new DecoderError(`SEV-SNP report is for VMPL ${parsed.vmpl}, requested ${vmpl}; refusing to send it`);
       }
       return { attestation_report: snpReportToSevJson(report), cert_chain: snpCertChainJson(certs) };
-    },
-  };
+    }
+  }
 }
 
 async function acquire(

@@ -10,6 +10,7 @@ import type { Attester } from './attester.js';
 import { DecoderError } from '../util/errors.js';
 import { tsmGetReport, TsmError, type TsmFs } from './configfs-tsm.js';
 import { parseTdQuote, parseTdReport, TDX_REPORT_DATA_LEN, type TdReport } from './tdx-quote.js';
+import { abortable } from '../util/abortable.js';
 
 /** Test seams. */
 export interface TdxAttesterOptions {
@@ -23,7 +24,13 @@ export function createTdxAttester(config: AttestationConfig, options: TdxAtteste
   return {
     tee: 'tdx',
     hardware: true,
-    async getEvidence(reportData: Uint8Array): Promise<unknown> {
+    getEvidence(reportData: Uint8Array, signal?: AbortSignal): Promise<unknown> {
+      return abortable(tdxEvidence(reportData), signal, 'the TDX quote');
+    },
+  };
+
+  async function tdxEvidence(reportData: Uint8Array): Promise<unknown> {
+    {
       const inblob = padReportData(reportData, 'TDX');
       let quote: Buffer;
       try {
@@ -50,8 +57,8 @@ export function createTdxAttester(config: AttestationConfig, options: TdxAtteste
       }
       checkQuoteReportData(quote, inblob);
       return { cc_eventlog: await readCcEventlog(config.ccelPath), quote: quote.toString('base64') };
-    },
-  };
+    }
+  }
 }
 
 /** Zero-pads the runtime-data digest to the 64-byte REPORTDATA field (trustee pads the expected value alike). */

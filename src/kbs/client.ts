@@ -88,7 +88,7 @@ export async function attest(o: AttestOptions): Promise<Attestation> {
 
     // Hash exactly the JWK object that is sent; trustee canonicalises both sides.
     const reportData = reportDataDigest(hash, runtimeDataToHash(dialect, challenge.nonce, keyPair.publicJwk));
-    const evidence = await o.attester.getEvidence(reportData);
+    const evidence = await o.attester.getEvidence(reportData, o.deadline.signal);
     if (o.deadline.signal.aborted) throw o.deadline.error('attestation');
 
     const attestRes = await o.http.send(

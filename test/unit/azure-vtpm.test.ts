@@ -5,7 +5,7 @@
  * Azure does. swtpm's plain data channel (`--server type=unixio`) takes raw TPM commands, so our transport is a
  * unix-socket connection per command; tpm2-tools reach the same socket through the `cmd:` TCTI and a bridge.
  */
-import { execFile, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { execFile, execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { X509Certificate, createHash, createPublicKey, verify as cryptoVerify } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
@@ -16,6 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { defaultConfig } from '../../src/config/types.js';
 import { createAzureVtpmAttester, type AzSnpVtpmEvidence, type AzTdxVtpmEvidence, type TpmTransport } from '../../src/attest/azure-vtpm.js';
 import { httpAzureImds, pemCertificateToDer, type AzureImds } from '../../src/attest/azure-imds.js';
+import { deviceTpmTransport } from '../../src/attest/tpm/transport.js';
 import { parseQuoteAttest } from '../../src/attest/tpm/attest.js';
 
 /** POSIX single-quoting for one shell word. */
@@ -304,7 +305,15 @@ describe('Azure IMDS client', () => {
       req.on('end', () => {
         seen.push({ method: req.method, url: req.url, metadata: req.headers.metadata, body });
         res.setHeader('content-type', 'application/json');
-        if (req.url === '/metadata/THIM/amd/certification') {
+        if (req.url?.startsWith('/redirect/')) {
+          res.statusCode = 302;
+          res.setHeader('location', `${base}${req.url.slice('/redirect'.length)}`);
+          res.end();
+        } else if (req.url?.startsWith('/big/')) {
+          // 1 MiB of JSON-ish bytes, chunked (no content-length): the reader must stop at its cap.
+          for (let i = 0; i < 16; i++) res.write(Buffer.alloc(64 * 1024, 0x20));
+          res.end('{}');
+        } else if (req.url === '/metadata/THIM/amd/certification') {
           res.end(JSON.stringify({ vcekCert: readFileSync(path.join(FIX, 'trustee-az-snp-vtpm-vcek.pem'), 'utf8'), certificateChain: '' }));
         } else if (req.url === '/acc/tdquote') {
           res.end(JSON.stringify({ quote: readFileSync(path.join(FIX, 'trustee-az-tdx-vtpm-td-quote.bin')).toString('base64url') }));
@@ -334,8 +343,42 @@ describe('Azure IMDS client', () => {
     expect(JSON.parse(seen[1]!.body)).toEqual({ report: tdReport.toString('base64url') });
   });
 
+  it('follows no redirect and reads at most 256 KiB of an answer', async () => {
+    await expect(httpAzureImds(`${base}/redirect`, 2000).vcekDer()).rejects.toThrow(/Azure IMDS \/metadata\/THIM\/amd\/certification (unreachable|answered a redirect)/);
+    expect(seen.filter((x) => x.url === '/metadata/THIM/amd/certification')).toHaveLength(1); // only the first test's
+    await expect(httpAzureImds(`${base}/big`, 2000).vcekDer()).rejects.toThrow(/answered more than 262144 bytes; refused/);
+  });
+
   it('fails with one clear line when IMDS is unreachable or answers an error', async () => {
     await expect(httpAzureImds(base.replace(/:\d+$/, ':1'), 2000).vcekDer()).rejects.toThrow(/Azure IMDS \/metadata\/THIM\/amd\/certification unreachable/);
     await expect(httpAzureImds(`${base}/nope`, 2000).vcekDer()).rejects.toThrow(/answered HTTP 404/);
+  });
+});
+
+describe('the /dev/tpmrm0 transport', () => {
+  it('its deadline fires although the pending read cannot be cancelled (a device that never answers)', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'tpm-hang-'));
+    try {
+      // A FIFO opened read-write never reaches EOF: after a 0-byte command the read blocks for good, as a wedged TPM.
+      const fifo = path.join(dir, 'tpmrm0');
+      execFileSync('mkfifo', [fifo]);
+      const t0 = Date.now();
+      await expect(deviceTpmTransport(fifo, 300)(Buffer.alloc(0))).rejects.toThrow(/did not answer within 300 ms/);
+      expect(Date.now() - t0).toBeLessThan(3000);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('the layer deadline', () => {
+  it('an attester whose TPM never answers gives up as soon as the layer signal aborts', async () => {
+    const hung: TpmTransport = () => new Promise(() => undefined);
+    const attester = createAzureVtpmAttester('az-snp-vtpm', defaultConfig().attestation, { transport: hung, imds: { vcekDer: async () => Buffer.alloc(0), tdQuote: async () => Buffer.alloc(0) }, hclRefreshDelayMs: 0 });
+    const ac = new AbortController();
+    setTimeout(() => ac.abort(), 100);
+    const t0 = Date.now();
+    await expect(attester.getEvidence(Buffer.alloc(32, 1), ac.signal)).rejects.toThrow(/vTPM evidence abandoned: the layer deadline passed/);
+    expect(Date.now() - t0).toBeLessThan(2000);
   });
 });
