@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <mutex>
@@ -24,7 +25,7 @@
 
 namespace {
 
-constexpr uint32_t kAbiVersion = 1;
+constexpr uint32_t kAbiVersion = 2;  // 2: setNonDumpable
 constexpr size_t kPageSize = 4096;
 // Upper bound for a host-requested certificate buffer: far above SEV_FW_BLOB_MAX_SIZE, only there so
 // a corrupted certs_len can never make us allocate gigabytes.
@@ -361,6 +362,20 @@ Napi::Value SnpGetExtReport(const Napi::CallbackInfo& info) {
   return p;
 }
 
+// setNonDumpable(): prctl(PR_SET_DUMPABLE, 0), so a crash writes no core dump (which would hold keys) and
+// other processes of the same uid cannot ptrace us or read /proc/<pid>/mem. Returns PR_GET_DUMPABLE afterwards
+// (0 on success); throws with errno on failure. Synchronous: one syscall.
+Napi::Value SetNonDumpable(const Napi::CallbackInfo& info) {
+  if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) {
+    int err = errno;
+    Napi::Error e = Napi::Error::New(info.Env(), std::string("prctl(PR_SET_DUMPABLE, 0): ") + strerror(err));
+    e.Value().Set("errno", Napi::Number::New(info.Env(), err));
+    e.ThrowAsJavaScriptException();
+    return info.Env().Undefined();
+  }
+  return Napi::Number::New(info.Env(), prctl(PR_GET_DUMPABLE, 0, 0, 0, 0));
+}
+
 // The compiled-in layout, so tests can hold the binary to the kernel headers and the TS constants.
 Napi::Object Layout(Napi::Env env) {
   Napi::Object o = Napi::Object::New(env);
@@ -389,6 +404,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("tdxGetReport0", Napi::Function::New(env, TdxGetReport0, "tdxGetReport0"));
   exports.Set("snpGetReport", Napi::Function::New(env, SnpGetReport, "snpGetReport"));
   exports.Set("snpGetExtReport", Napi::Function::New(env, SnpGetExtReport, "snpGetExtReport"));
+  exports.Set("setNonDumpable", Napi::Function::New(env, SetNonDumpable, "setNonDumpable"));
   exports.Set("layout", Layout(env));
   return exports;
 }

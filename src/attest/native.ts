@@ -19,7 +19,7 @@ import type { AttestationConfig } from '../config/types.js';
 import { DecoderError } from '../util/errors.js';
 
 /** Bumped in native/src/tee.cc whenever the exported functions change shape. */
-export const ADDON_ABI_VERSION = 1;
+export const ADDON_ABI_VERSION = 2;
 
 /**
  * Linux UAPI layout the addon is compiled with (kernel `include/uapi/linux/{tdx,sev}-guest.h`). Kept here so
@@ -65,6 +65,8 @@ export interface TeeAddon {
     msgVersion: number,
     certsLen: number,
   ): Promise<{ response: Buffer; certs: Buffer }>;
+  /** prctl(PR_SET_DUMPABLE, 0); returns PR_GET_DUMPABLE afterwards (0). */
+  setNonDumpable(): number;
 }
 
 /** The addon could not be found or loaded. */

@@ -392,6 +392,9 @@ export async function run(argv: string[]): Promise<number> {
   }
 
   const logger = createLogger(args.logLevel ?? 'error');
+  // Before fd 3 (which may carry private keys) or any key file is read.
+  const hardened = await (await import('./harden.js')).makeNonDumpable();
+  if (!hardened.ok) logger.warn(`could not make the process non-dumpable (core dumps could hold keys): ${hardened.why}`);
   const configs = new ConfigSource(args.configPath, process.env);
   const facts: LayerFacts = { unwrap: {} };
   let code = 0;

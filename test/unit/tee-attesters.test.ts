@@ -138,7 +138,8 @@ describe('SEV-SNP attester', () => {
     writeFileSync(device, '');
     const calls: unknown[] = [];
     const addon = {
-      abiVersion: 1,
+      abiVersion: 2,
+      setNonDumpable: () => 0,
       layout: {},
       tdxGetReport0: async () => Buffer.alloc(0),
       snpGetReport: async () => ({ response: Buffer.alloc(0) }),
