@@ -8,7 +8,7 @@
  * (KBS down, policy denial) must surface as the decoder's one-line message within a bounded time; an expired
  * token must be replaced by exactly one transparent re-attestation; the token cache must never hold a KEK.
  */
-import { randomBytes } from 'node:crypto';
+import { createDecipheriv, randomBytes } from 'node:crypto';
 import { lstat, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -16,6 +16,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startTestKbs, type TestKbs, type TestKbsCounters, type TestKbsOptions } from '../kbs/server.js';
 import { aaRecipient, encryptImage, type KbsKek } from '../helpers/encrypt-image.js';
 import { buildImage, readImage } from '../helpers/oci-image.js';
+import { runDecoder } from '../helpers/run-decoder.js';
 import { builtDecoderPath, chainIdOf, freePort, printDiagnosticsOnFailure, startStack, stopStack, type Stack } from './harness/index.js';
 
 const CONFIG_ENV = 'COCO_DECODER_CONFIG';
@@ -82,7 +83,7 @@ function freshCacheDir(): string {
   return path.join(work, `cache-${++cacheSeq}`);
 }
 
-async function writeDecoderConfig(c: { kbsUrl: string; cacheDir: string; timeoutMs?: number; totalTimeoutMs?: number }): Promise<void> {
+async function writeDecoderConfig(c: { kbsUrl: string; cacheDir: string; timeoutMs?: number; totalTimeoutMs?: number; extra?: string[] }): Promise<void> {
   const q = (v: string): string => JSON.stringify(v); // a JSON string is a valid TOML basic string
   await writeFile(
     configFile,
@@ -96,6 +97,7 @@ async function writeDecoderConfig(c: { kbsUrl: string; cacheDir: string; timeout
       'tee = "sample"',
       '[cache]',
       `dir = ${q(c.cacheDir)}`,
+      ...(c.extra ?? []),
       '',
     ].join('\n'),
   );
@@ -416,5 +418,94 @@ describe('CRI pull of attestation-agent images through containerd 1.6, coco-deco
     const line = decoderLine(err.details);
     expect(line).toMatch(new RegExp(`^coco-decoder: layer ${escapeRe(denied.digest)}: .*access to ${escapeRe(denied.kid)} denied`));
     for (let n = 3; n <= img.layers.length; n++) expect(await s().snapshots.stat(chainAfter(img, n))).toBeUndefined();
+  });
+
+  /*
+   * The secrets sweep: after real attestation pulls (plus the same layers decoded directly with debug logging, and a
+   * tampered one), no KEK, no layer key and no TEE private key appears in any stderr line, the audit log,
+   * containerd's log, a temp file, or (KEKs and layer keys) the token cache, in any of raw, hex, base64, base64url.
+   */
+  it('leaves no KEK, layer key or TEE private key in stderr, the audit log, containerd\'s log, temp files or the cache', { timeout: TEST_TIMEOUT_MS }, async () => {
+    const started = Date.now();
+    const img = await makeEncryptedImage('sweep', { layers: 3 });
+    const kbs = await startKbs({ resources: img.kbsResources });
+    const cacheDir = freshCacheDir();
+    const audit = path.join(work, 'sweep-audit.log');
+    await writeDecoderConfig({ kbsUrl: kbs.url, cacheDir, extra: ['[log]', 'level = "debug"', `file = ${JSON.stringify(audit)}`, 'format = "json"'] });
+    const ref = await push(img);
+    await pull(img, ref);
+    await expectUnpacked(img, ref);
+
+    // The layer keys, recovered from the annotation packets with the KEKs (what the decoder held in memory).
+    const image = await readImage(img.dir, 'latest');
+    const layerKeys = image.manifest.layers.map((desc, i) => {
+      const packet = JSON.parse(Buffer.from(desc.annotations!['org.opencontainers.image.enc.keys.provider.attestation-agent']!, 'base64').toString()) as {
+        wrapped_data: string;
+        iv: string;
+      };
+      const wrapped = Buffer.from(packet.wrapped_data, 'base64');
+      const d = createDecipheriv('aes-256-gcm', img.layers[i]!.kek, Buffer.from(packet.iv, 'base64'));
+      d.setAuthTag(wrapped.subarray(-16));
+      const privopts = JSON.parse(Buffer.concat([d.update(wrapped.subarray(0, -16)), d.final()]).toString()) as { symkey: string };
+      return Buffer.from(privopts.symkey, 'base64');
+    });
+    expect(layerKeys.every((k) => k.length === 32)).toBe(true);
+
+    // The same layers straight through the executable, with debug logging on stderr; and one tampered layer.
+    const stderrs: string[] = [];
+    for (const [i, desc] of image.manifest.layers.entries()) {
+      const blob = await readFile(path.join(img.dir, 'blobs', ...desc.digest.split(':')));
+      if (i === 1) blob[blob.length - 1]! ^= 1;
+      const r = await runDecoder({
+        binary: builtDecoderPath(),
+        args: ['--log-level', 'debug'],
+        env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin', [CONFIG_ENV]: configFile },
+        descriptor: { mediaType: desc.mediaType, digest: desc.digest, size: desc.size, annotations: desc.annotations ?? {} },
+        input: blob,
+        output: 'discard',
+      });
+      expect(r.code, r.stderr).toBe(i === 1 ? 1 : 0);
+      stderrs.push(r.stderr);
+    }
+    expect(stderrs.join('').length, 'debug logging wrote nothing: the sweep would prove nothing').toBeGreaterThan(0);
+
+    // The TEE private key is in the cache (bound to the token) and must be nowhere else.
+    const cacheNames = await expectSafeCacheDir(cacheDir);
+    const tokenFile = cacheNames.find((n) => n.endsWith('.json'))!;
+    const teeKey = Buffer.from((JSON.parse(await readFile(path.join(cacheDir, tokenFile), 'utf8')) as { privateKey: string }).privateKey, 'base64');
+    expect(teeKey.length).toBeGreaterThan(32);
+
+    const forms = (k: Buffer): Buffer[] => [k, Buffer.from(k.toString('hex')), Buffer.from(k.toString('base64')), Buffer.from(k.toString('base64url'))];
+    const keySecrets = [...img.layers.map((l) => l.kek), ...layerKeys].flatMap(forms);
+    // A PKCS#8 key also leaks through its scalar: check the DER's last 32 bytes (the EC private key) too.
+    const teeSecrets = [...forms(teeKey), ...forms(teeKey.subarray(-32))];
+    const leaks = (bytes: Buffer, secrets: Buffer[]): boolean => secrets.some((x) => bytes.includes(x));
+
+    for (const e of stderrs) expect(leaks(Buffer.from(e), [...keySecrets, ...teeSecrets]), `stderr holds a secret: ${e.slice(0, 300)}`).toBe(false);
+    const auditBytes = await readFile(audit);
+    expect(auditBytes.toString().split('\n').filter(Boolean).length).toBeGreaterThanOrEqual(img.layers.length * 2);
+    expect(leaks(auditBytes, [...keySecrets, ...teeSecrets]), 'the audit log holds a secret').toBe(false);
+    expect(leaks(await readFile(s().containerd.logFile), [...keySecrets, ...teeSecrets]), "containerd's log holds a secret").toBe(false);
+    for (const n of cacheNames) expect(leaks(await readFile(path.join(cacheDir, n)), keySecrets), `${n} holds a KEK or layer key`).toBe(false);
+
+    // Every temp file written since the test started (bounded walk), outside the image layout under test.
+    let scanned = 0;
+    const walk = async (dir: string, depth: number): Promise<void> => {
+      if (depth > 12 || scanned > 20_000) return;
+      for (const e of await readdir(dir, { withFileTypes: true }).catch(() => [])) {
+        const p = path.join(dir, e.name);
+        if (p === cacheDir) continue; // its token file legitimately holds the TEE key (checked above)
+        if (e.isDirectory()) await walk(p, depth + 1);
+        else if (e.isFile()) {
+          const st = await lstat(p).catch(() => undefined);
+          if (!st || st.mtimeMs < started - 1000 || st.size > 16 * 1024 * 1024) continue;
+          scanned++;
+          expect(leaks(await readFile(p).catch(() => Buffer.alloc(0)), [...keySecrets, ...teeSecrets]), `temp file ${p} holds a secret`).toBe(false);
+        }
+      }
+    };
+    const tmpRoots = [...new Set([os.tmpdir(), '/tmp'])];
+    for (const root of tmpRoots) await walk(root, 0);
+    expect(scanned).toBeGreaterThan(0);
   });
 });

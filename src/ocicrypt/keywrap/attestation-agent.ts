@@ -96,11 +96,12 @@ function unwrapLayerKey(kek: Buffer, p: AnnotationPacket, kid: string): Buffer {
   try {
     return Buffer.concat([head, d.final()]);
   } catch {
-    head.fill(0);
     throw new DecoderError(
       `the key ${kid} from the KBS does not unwrap this layer's key (AES-256-GCM authentication failed): ` +
         'the KBS holds a different key under that path than the one the image was encrypted with',
     );
+  } finally {
+    head.fill(0); // the concatenated copy is what the caller gets (and zeroes)
   }
 }
 
