@@ -3,8 +3,10 @@
  * runtime-data digest into the TEE-specific `primary_evidence` JSON that trustee's verifier for `tee` parses.
  */
 
-/** KBS `tee` strings we can produce evidence for (kbs-types ≥ 0.14 spelling). */
-export type TeeType = 'sample' | 'tdx' | 'snp' | 'az-tdx-vtpm' | 'az-snp-vtpm';
+import type { TeeType } from '../config/types.js';
+
+/** KBS `tee` strings we can produce evidence for (kbs-types ≥ 0.14 spelling), as the config names them. */
+export type { TeeType };
 export const TEE_TYPES: readonly TeeType[] = ['sample', 'tdx', 'snp', 'az-tdx-vtpm', 'az-snp-vtpm'];
 
 export interface Attester {

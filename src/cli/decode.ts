@@ -155,11 +155,9 @@ async function decryptStdio(decipher: LayerDecipher): Promise<number> {
   ]);
   const stdout = openStdout(STDOUT_BUFFER_BYTES);
   try {
-    // stdout is a socket on fd 1 or process.stdout: both copy into the kernel, so written chunks can be zeroed.
-    const opts = { zeroWritten: true };
     return isPipe(0)
-      ? await decryptLayerFd(0, stdout.out, decipher, opts)
-      : await decryptLayerStream(process.stdin, stdout.out, decipher, opts);
+      ? await decryptLayerFd(0, stdout.out, decipher)
+      : await decryptLayerStream(process.stdin, stdout.out, decipher);
   } finally {
     stdout.close();
   }
@@ -279,10 +277,6 @@ async function decodeLayer(args: DecodeArgs, logger: Logger, configs: ConfigSour
   let privopts: Buffer;
   try {
     const schemes = layerKeySchemes(descriptor.annotations);
-    if (schemes.includes('provider.attestation-agent')) {
-      // Before the KBS client (undici) is loaded: see wasm-tier.ts.
-      (await import('../streamprocessor/wasm-tier.js')).keepWasmInBaselineTier();
-    }
     const wrappers = await buildKeyWrappers(schemes, {
       env: process.env,
       warn: (m) => logger.warn(m),

@@ -2,12 +2,14 @@
  * The parsed `/etc/coco-decoder/config.toml`. Parsing and validation live in `load.ts`; every other module
  * receives this typed, fully-defaulted object.
  */
-import type { TeeType } from '../attest/attester.js';
+import type { LogLevel } from '../util/log.js';
 
+/** KBS `tee` strings coco-decoder has an attester for (kbs-types ≥ 0.14 spelling); attest/attester.ts re-exports it. */
+export type TeeType = 'sample' | 'tdx' | 'snp' | 'az-tdx-vtpm' | 'az-snp-vtpm';
 export type TeeSelection = 'auto' | TeeType;
 export type TeeKeyAlgorithm = 'ec-p256' | 'rsa-oaep-256';
 export type KbsProtocol = 'auto' | '0.4.0' | '0.2.0';
-export type LogLevel = 'error' | 'warn' | 'info' | 'debug';
+export type { LogLevel };
 
 export interface KbsConfig {
   /** Base URL of the KBS, e.g. `https://kbs.example:8080`. Unset: attestation-agent layers fail with a clear message. */

@@ -3,6 +3,8 @@
  * deadline on every request, bounded retries with backoff for transient failures (connection errors, 5xx, 429),
  * size-limited bodies, and a count of the requests actually sent (for the audit log and the benchmark).
  */
+// Before undici: see wasm-tier.ts.
+import './wasm-tier.js';
 import { X509Certificate } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import type { IncomingHttpHeaders } from 'node:http';

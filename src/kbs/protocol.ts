@@ -10,6 +10,7 @@ import { canonicalJson } from './canonical-json.js';
 import type { CanonicalValue } from './canonical-json.js';
 import type { JweKeyAlgorithm, TeeJwk } from './tee-key.js';
 import { quoteUntrusted } from '../util/quote.js';
+import { isObject } from '../util/is-object.js';
 
 export type ProtocolVersion = '0.4.0' | '0.2.0';
 export const SUPPORTED_PROTOCOLS: readonly ProtocolVersion[] = ['0.4.0', '0.2.0'];
@@ -191,10 +192,6 @@ export function parseResourceJwe(body: unknown, expectedAlg: JweKeyAlgorithm): F
 }
 
 // ---------------------------------------------------------------- helpers
-
-export function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
 
 function malformed(endpoint: string, what: string): DecoderError {
   return new DecoderError(`malformed KBS response from ${endpoint}: ${what}`);

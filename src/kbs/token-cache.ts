@@ -12,7 +12,8 @@ import { chmod, lstat, mkdir, open, rename, statfs, unlink } from 'node:fs/promi
 import { dirname, join } from 'node:path';
 import type { TeeKeyAlgorithm, TeeSelection } from '../config/types.js';
 import type { SessionCookie } from './client.js';
-import { isObject, isSupportedProtocol, MAX_TOKEN_LENGTH } from './protocol.js';
+import { isSupportedProtocol, MAX_TOKEN_LENGTH } from './protocol.js';
+import { isObject } from '../util/is-object.js';
 import type { ProtocolVersion } from './protocol.js';
 import { exportTeePrivateKey, importTeeKeyPair } from './tee-key.js';
 import type { TeeKeyPair } from './tee-key.js';

@@ -83,11 +83,6 @@ export class LayerDecipher {
 
 export interface DecryptStreamOptions {
   holdbackBytes?: number;
-  /**
-   * Zero each plaintext chunk once `output` reports it written. Only for sinks that copy what they are given
-   * (a socket or file on fd 1); a Writable that keeps the chunks (a collector) would see zeros.
-   */
-  zeroWritten?: boolean;
 }
 
 /**
@@ -109,7 +104,6 @@ class LayerPump {
     private readonly decipher: LayerDecipher,
     private readonly out: Writable,
     private readonly holdback: number,
-    private readonly zeroWritten = false,
   ) {
     out.on('error', this.#onError);
   }
@@ -157,7 +151,10 @@ class LayerPump {
 
   dispose(): void {
     this.out.off('error', this.#onError);
-    for (const chunk of this.#queue.splice(0)) chunk.fill(0); // withheld plaintext of a failed layer
+    // Withheld plaintext of a failed layer: unauthenticated, never released, so not left in the heap either.
+    // Released chunks are not zeroed: containerd writes them to the snapshot anyway, and zeroing every chunk after
+    // its write measured 5% of throughput.
+    for (const chunk of this.#queue.splice(0)) chunk.fill(0);
     this.#queued = 0;
   }
 
@@ -169,7 +166,6 @@ class LayerPump {
     this.#lastWrite = new Promise((resolve) => {
       ok = this.out.write(chunk, (err) => {
         if (err) this.#onError(err);
-        if (this.zeroWritten) chunk.fill(0); // handed to the kernel (or failed): no plaintext lingers in our heap
         resolve();
       });
     });
@@ -198,7 +194,7 @@ export async function decryptLayerStream(
   decipher: LayerDecipher,
   options: DecryptStreamOptions = {},
 ): Promise<number> {
-  const pump = new LayerPump(decipher, output, options.holdbackBytes ?? HOLDBACK_BYTES, options.zeroWritten);
+  const pump = new LayerPump(decipher, output, options.holdbackBytes ?? HOLDBACK_BYTES);
   try {
     try {
       for await (const chunk of input as AsyncIterable<Buffer>) {
@@ -223,7 +219,7 @@ export function decryptLayerFd(
   decipher: LayerDecipher,
   options: DecryptStreamOptions = {},
 ): Promise<number> {
-  const pump = new LayerPump(decipher, output, options.holdbackBytes ?? HOLDBACK_BYTES, options.zeroWritten);
+  const pump = new LayerPump(decipher, output, options.holdbackBytes ?? HOLDBACK_BYTES);
   return new Promise<number>((resolve, reject) => {
     let failed = false;
     const fail = (err: unknown): void => {

@@ -3,7 +3,7 @@
  * (cipher name, HMAC) and the private JSON every key wrapper unwraps (symmetric key, nonce). Messages follow
  * ocicrypt's so runbooks keep matching; the checks are stricter where upstream fails open (no nonce).
  */
-import { GoJsonError, decodeStdBase64, goBytes, goField, goMap, goString, goStruct, parseJson } from '../streamprocessor/gojson.js';
+import { GoJsonError, decodeStdBase64, goBytes, goField, goMap, goString, goStruct, parseJson } from '../util/gojson.js';
 import { DecoderError } from '../util/errors.js';
 import { quoteUntrusted } from '../util/quote.js';
 import { PUBOPTS_ANNOTATION } from './keywrap/keywrapper.js';

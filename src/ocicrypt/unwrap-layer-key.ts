@@ -3,7 +3,7 @@
  * `org.opencontainers.image.enc.keys.<scheme>` annotations. Upstream iterates a Go map (random order); we try the
  * schemes in the fixed order of `wrappers`, which is compatible since any success is equally valid.
  */
-import { decodeStdBase64 } from '../streamprocessor/gojson.js';
+import { decodeStdBase64 } from '../util/gojson.js';
 import { DecoderError, describeError, oneLine } from '../util/errors.js';
 import { quoteUntrusted } from '../util/quote.js';
 import { ANNOTATION_PREFIX, annotationFor, type KeyWrapper, type UnwrapAudit, type UnwrapContext } from './keywrap/keywrapper.js';

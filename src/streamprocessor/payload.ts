@@ -4,7 +4,6 @@
  * justify a protobuf runtime, and we want strict bounds on untrusted input.
  */
 import { withoutControlChars } from '../util/quote.js';
-import type { DecryptParameters } from '../ocicrypt/keywrap/keywrapper.js';
 import { DecoderError } from '../util/errors.js';
 import {
   GoJsonError,
@@ -16,7 +15,10 @@ import {
   goString,
   goStruct,
   parseJson,
-} from './gojson.js';
+} from '../util/gojson.js';
+
+/** imgcrypt's `DecryptConfig.Parameters` (Go `map[string][][]byte`): what ocicrypt calls its decrypt parameters. */
+export type PayloadParameters = Record<string, Array<Buffer | null>>;
 
 /** imgcrypt registers `Payload` under this URL with `typeurl.Register` (no `types.googleapis.com/` prefix). */
 export const PAYLOAD_TYPE_URL = 'io.containerd.ocicrypt.v1.Payload';
@@ -30,7 +32,7 @@ export interface LayerDescriptor {
 
 export interface DecoderPayload {
   /** `DecryptConfig.Parameters`; Go's nil map (`"Parameters":null`) is an empty record. */
-  params: DecryptParameters;
+  params: PayloadParameters;
   descriptor: LayerDescriptor;
 }
 
@@ -119,12 +121,12 @@ function setOwn<T>(obj: Record<string, T>, key: string, value: T): void {
   Object.defineProperty(obj, key, { value, enumerable: true, writable: true, configurable: true });
 }
 
-function decodeParameters(v: unknown): DecryptParameters {
+function decodeParameters(v: unknown): PayloadParameters {
   const where = 'struct field DecryptConfig.DecryptConfig.Parameters';
   const map = goMap(v, where, 'map[string][][]uint8', (list, w) =>
     goSlice(list, w, '[][]uint8', (item, w2) => goBytes(item, w2)),
   );
-  const params: DecryptParameters = {};
+  const params: PayloadParameters = {};
   if (map === null) return params;
   for (const [name, list] of map) {
     // Go's nil [][]byte and an empty one behave the same for every consumer (len == 0).

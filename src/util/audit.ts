@@ -16,10 +16,16 @@
 import { spawn } from 'node:child_process';
 import { constants } from 'node:fs';
 import { open } from 'node:fs/promises';
-import type { LogConfig } from '../config/types.js';
 import { describeError, oneLine } from './errors.js';
 import { formatFields, redact } from './log.js';
 import { withoutControlChars } from './quote.js';
+
+/** Where audit lines go (the `[log]` table's file, syslog and format keys). */
+export interface AuditConfig {
+  file: string | undefined;
+  syslog: boolean;
+  format: 'text' | 'json';
+}
 
 export interface AuditRecord {
   /** ISO 8601, UTC. */
@@ -42,7 +48,7 @@ export interface AuditRecord {
 }
 
 export interface AuditOptions {
-  config: Pick<LogConfig, 'file' | 'syslog' | 'format'>;
+  config: AuditConfig;
   /** Where problems go (the stderr logger's warn): auditing never throws. */
   warn: (message: string) => void;
   /** Deadline for the whole audit write (file and syslog). Default 3000 ms. */
@@ -59,7 +65,7 @@ const SYSLOG_TAG = 'coco-decoder';
 /** logger(1) truncates messages at 1 KiB by default; our lines are bounded well below this. */
 const SYSLOG_MAX_BYTES = 8192;
 
-export function auditEnabled(config: Pick<LogConfig, 'file' | 'syslog'>): boolean {
+export function auditEnabled(config: Pick<AuditConfig, 'file' | 'syslog'>): boolean {
   return config.file !== undefined || config.syslog;
 }
 

@@ -7,11 +7,10 @@
  * no objects), and as a safety net fields named like secrets and values shaped like tokens or PEM keys are
  * replaced by `[redacted]`.
  */
-import type { LogLevel } from '../config/types.js';
 import { oneLine } from './errors.js';
 import { withoutControlChars } from './quote.js';
 
-export type { LogLevel };
+export type LogLevel = 'error' | 'warn' | 'info' | 'debug';
 export const LOG_LEVELS: readonly LogLevel[] = ['error', 'warn', 'info', 'debug'];
 
 export type LogValue = string | number | boolean | undefined;

@@ -19,7 +19,7 @@ import { parseTdQuote, parseTdReport } from '../../src/attest/tdx-quote.js';
 import { parseQuoteAttest } from '../../src/attest/tpm/attest.js';
 import { nvReadPublic } from '../../src/attest/tpm/nv.js';
 import { parseConfig } from '../../src/config/load.js';
-import { parseAnnotationPacket } from '../../src/kbs/annotation-packet.js';
+import { parseAnnotationPacket } from '../../src/ocicrypt/keywrap/attestation-agent-packet.js';
 import { parseAttestResponse, parseChallenge, parseErrorInformation, parseResourceJwe } from '../../src/kbs/protocol.js';
 import { parseResourceUri } from '../../src/kbs/resource-uri.js';
 import { readTokenTimes } from '../../src/kbs/token-claims.js';

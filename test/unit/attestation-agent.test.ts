@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { Config } from '../../src/config/types.js';
-import { parseAnnotationPacket } from '../../src/kbs/annotation-packet.js';
+import { parseAnnotationPacket } from '../../src/ocicrypt/keywrap/attestation-agent-packet.js';
 import type { ResourceStats } from '../../src/kbs/key-source.js';
 import { createAttestationAgentWrapper } from '../../src/ocicrypt/keywrap/attestation-agent.js';
 import type { UnwrapContext } from '../../src/ocicrypt/keywrap/keywrapper.js';

@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { PAYLOAD_TYPE_URL, decodeAny, decodePayload, parsePayloadJson } from '../../src/streamprocessor/payload.js';
-import { decodeStdBase64, goBytes } from '../../src/streamprocessor/gojson.js';
+import { decodeStdBase64, goBytes } from '../../src/util/gojson.js';
 import { checkLayerMediaType } from '../../src/streamprocessor/mediatype.js';
 import { describeError } from '../../src/util/errors.js';
 import { encodeAny, lengthDelimited as ld } from '../helpers/payload.js';

@@ -8,6 +8,7 @@
  * match case-insensitively, as Go's `encoding/json` does, so every file upstream accepts is accepted here.
  */
 import { readFileSync } from 'node:fs';
+import { goField } from '../../util/gojson.js';
 
 export const KEYPROVIDER_CONFIG_ENV = 'OCICRYPT_KEYPROVIDER_CONFIG';
 
@@ -151,17 +152,4 @@ function optionalString(value: unknown, at: string): string | undefined {
   if (value === undefined || value === null) return undefined;
   if (typeof value !== 'string') throw new Error(`${at} must be a string`);
   return value;
-}
-
-/**
- * Go `encoding/json` field lookup: an exact key or a case-insensitive one; when several keys match, the last
- * one in the document wins (each assignment overwrites the previous).
- */
-export function goField(obj: Record<string, unknown>, name: string): unknown {
-  const lower = name.toLowerCase();
-  let found: unknown = undefined;
-  for (const key of Object.keys(obj)) {
-    if (key === name || key.toLowerCase() === lower) found = obj[key];
-  }
-  return found;
 }

@@ -6,7 +6,7 @@
  * base64, nil as `null`, HTML-safe string escaping), so a provider sees exactly what upstream would send it.
  */
 import type { DecryptParameters } from '../keywrap/keywrapper.js';
-import { goField } from './config.js';
+import { goField } from '../../util/gojson.js';
 
 /**
  * DecryptConfig parameters that carry local key material. Upstream forwards the whole merged DecryptConfig to

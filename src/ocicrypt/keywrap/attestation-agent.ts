@@ -6,8 +6,8 @@
  */
 import { createDecipheriv } from 'node:crypto';
 import type { Config, LogLevel } from '../../config/types.js';
-import { parseAnnotationPacket } from '../../kbs/annotation-packet.js';
-import type { AnnotationPacket } from '../../kbs/annotation-packet.js';
+import { parseAnnotationPacket } from './attestation-agent-packet.js';
+import type { AnnotationPacket } from './attestation-agent-packet.js';
 import { createKeySource } from '../../kbs/key-source.js';
 import type { KeySource, ResourceStats } from '../../kbs/key-source.js';
 import { parseResourceUri } from '../../kbs/resource-uri.js';

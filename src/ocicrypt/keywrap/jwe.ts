@@ -16,6 +16,7 @@ import { DecoderError } from '../../util/errors.js';
 import { parsePrivateKey, UnsupportedPrivateKeyError } from '../keys/private-key.js';
 import { privateKeysOf, type DecryptParameters, type KeyWrapper, type UnwrapContext } from './keywrapper.js';
 import { quoteUntrusted } from '../../util/quote.js';
+import { isObject } from '../../util/is-object.js';
 
 const KEY_MANAGEMENT_ALGORITHMS = ['RSA-OAEP', 'RSA-OAEP-256', 'ECDH-ES+A128KW', 'ECDH-ES+A192KW', 'ECDH-ES+A256KW'];
 const CONTENT_ENCRYPTION_ALGORITHMS = ['A128CBC-HS256', 'A192CBC-HS384', 'A256CBC-HS512', 'A128GCM', 'A192GCM', 'A256GCM'];
@@ -33,10 +34,6 @@ type ParsedJwe =
 /** Upstream's text for any parse failure is `jose.ParseEncrypted failed`; we keep it and say why. */
 function parseFailed(reason: string): DecoderError {
   return new DecoderError(`jose.ParseEncrypted failed: ${reason}`);
-}
-
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
 function decodeProtectedHeader(encoded: unknown): Record<string, unknown> {

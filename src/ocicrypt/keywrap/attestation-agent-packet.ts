@@ -9,9 +9,9 @@
  * GCM packet as CTR and have the real KEK decrypt it into bit-flippable private options (a decryption oracle,
  * and a way to inject its own layer key by flipping the known `digest` bytes).
  */
-import { DecoderError } from '../util/errors.js';
-import { quoteUntrusted } from '../util/quote.js';
-import { isObject } from './protocol.js';
+import { DecoderError } from '../../util/errors.js';
+import { isObject } from '../../util/is-object.js';
+import { quoteUntrusted } from '../../util/quote.js';
 
 export type WrapType = 'A256GCM';
 
