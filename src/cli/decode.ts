@@ -381,7 +381,8 @@ export async function run(argv: string[]): Promise<number> {
     return 0;
   }
   if (args.version) {
-    process.stdout.write(`coco-decoder ${VERSION}\n`);
+    // The embedded runtime too: its Node line and OpenSSL decide which fixes a deployed binary carries.
+    process.stdout.write(`coco-decoder ${VERSION} (node ${process.version}, openssl ${process.versions.openssl})\n`);
     return 0;
   }
 

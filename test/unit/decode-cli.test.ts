@@ -208,7 +208,7 @@ describe('argument handling (ctd-decoder compatible)', () => {
   it('--version prints the version', async () => {
     const r = await runCli(['--version']);
     expect(r.code).toBe(0);
-    expect(r.stdout.toString()).toBe(`coco-decoder ${VERSION}\n`);
+    expect(r.stdout.toString()).toBe(`coco-decoder ${VERSION} (node ${process.version}, openssl ${process.versions.openssl})\n`);
   });
 
   it('an unknown flag is one line on stderr, nothing on stdout, exit 1', async () => {

@@ -201,7 +201,7 @@ describe('the whole ladder', () => {
     expect(r.stdout).toMatch(/protocol 0\.4\.0 \(trustee ≥ v0\.14\)/);
     expect(r.stdout).toMatch(/✓ attestation: token issued for tee sample .*expires \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z \(in [45] min\)/);
     expect(r.stdout).toContain(`✓ resource: ${KID}: 32 bytes`);
-    expect(r.stdout).toMatch(/✓ containerd: .*config\.toml \+ conf\.d\/coco-decoder\.toml: .*running .*real-coco-decoder \(coco-decoder \S+\)/);
+    expect(r.stdout).toMatch(/✓ containerd: .*config\.toml \+ conf\.d\/coco-decoder\.toml: .*running .*real-coco-decoder \(coco-decoder \S+ \(node v\S+, openssl \S+\)\)/);
     expect(r.stdout).toContain('✓ cri: image_decryption.key_model = "node" (containerd default); containerd 1.7.27');
     expect(r.stdout).toContain(`✓ cache: ${cache}: directory owned by root, mode 0700, on tmpfs`);
     expectNoKek(r.stdout);

@@ -117,7 +117,7 @@ async function checkProcessors(cfg: ContainerdConfig, o: ContainerdCheckOptions)
     }
     const r = await runQuietly(resolved, ['--version'], o.env, VERSION_TIMEOUT_MS);
     const first = r.stdout.split('\n')[0]?.trim() ?? '';
-    if (!r.ok || !/^coco-decoder \S+$/.test(first)) {
+    if (!r.ok || !/^coco-decoder \S+( \(node v\S+, openssl \S+\))?$/.test(first)) {
       findings.push({
         problem: `${who} ${resolved}, which is not coco-decoder (${r.ok ? `--version says "${first.slice(0, 80)}"` : `--version failed: ${r.problem}`})`,
         fix: builtIn ? importHint : `set path = "/usr/bin/coco-decoder" in ${where}`,

@@ -148,7 +148,9 @@ function codeName(grpc: typeof GrpcJs, code: number): string {
 function connectionError(details: string): string {
   const inner = details
     .replace(/^No connection established\. Last error: (?:Error(?: \[[A-Z0-9_]+\])?: )?/, '')
-    .replace(/\.?\s*Resolution note:\s*$/, '');
+    .replace(/\.?\s*Resolution note:\s*$/, '')
+    // Node ≥ 22 appends advice about its own CLI flag; the fix here is the provider's grpc-tls root-ca-file.
+    .replace(/; if the root CA is installed locally, try running Node\.js with --use-system-ca$/, '');
   return inner === '' ? details : inner;
 }
 
