@@ -14,7 +14,11 @@ import { freePort, logTail, startDaemon, stopDaemon, waitUntil, type Daemon } fr
 
 const execFileP = promisify(execFile);
 
-export const CONTAINERD_BINARY = '/usr/bin/containerd';
+/**
+ * The containerd under test: the distribution's (1.6.20 on Debian 12, 1.7.24 on Debian 13) unless
+ * `COCO_E2E_CONTAINERD` names another build, e.g. one extracted from ../shared/containerd/ with `dpkg-deb -x`.
+ */
+export const CONTAINERD_BINARY = process.env['COCO_E2E_CONTAINERD'] || '/usr/bin/containerd';
 /** The CRI plugin keeps its images and snapshots in this containerd namespace. */
 export const CRI_NAMESPACE = 'k8s.io';
 
