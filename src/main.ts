@@ -11,6 +11,7 @@ type Subcommand = (argv: string[]) => Promise<number>;
 const SUBCOMMANDS: Record<string, () => Promise<Subcommand>> = {
   evidence: async () => (await import('./cli/evidence.js')).run,
   doctor: async () => (await import('./cli/doctor.js')).run,
+  encrypt: async () => (await import('./cli/encrypt.js')).run,
 };
 
 async function main(argv: string[]): Promise<number> {

@@ -8,6 +8,7 @@
  * (KBS down, policy denial) must surface as the decoder's one-line message within a bounded time; an expired
  * token must be replaced by exactly one transparent re-attestation; the token cache must never hold a KEK.
  */
+import { spawnSync } from 'node:child_process';
 import { createDecipheriv, randomBytes } from 'node:crypto';
 import { lstat, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
@@ -507,5 +508,39 @@ describe('CRI pull of attestation-agent images through containerd 1.6, coco-deco
     const tmpRoots = [...new Set([os.tmpdir(), '/tmp'])];
     for (const root of tmpRoots) await walk(root, 0);
     expect(scanned).toBeGreaterThan(0);
+  });
+
+  it('pulls byte for byte an image encrypted by `coco-decoder encrypt` (the owner\'s side), with one attestation', { timeout: TEST_TIMEOUT_MS }, async () => {
+    const name = 'own-encrypt';
+    const salt = randomBytes(4).toString('hex');
+    const plainDir = path.join(work, `${name}-plain`);
+    const contents = layerContents(name, salt, 3, 512 * 1024);
+    const built = await buildImage(plainDir, { tag: 'latest', layers: contents });
+    const kek = randomBytes(32);
+    allKeks.push(kek);
+    const kekFile = path.join(work, `${name}.kek`);
+    await writeFile(kekFile, kek, { mode: 0o600 });
+    const kid = `kbs:///default/image-kek/${name}-${salt}`;
+    const encDir = path.join(work, `${name}-${salt}`);
+    const enc = spawnSync(builtDecoderPath(), ['encrypt', '--kid', kid, '--kek-file', kekFile, `oci:${plainDir}:latest`, `oci:${encDir}:latest`], { encoding: 'utf8', timeout: 60_000 });
+    expect(enc.status, enc.stderr).toBe(0);
+    const files = new Map<string, Buffer>();
+    for (const layer of contents) for (const [p, bytes] of Object.entries(layer)) files.set(p, bytes);
+    const img: TestImage = {
+      name,
+      dir: encDir,
+      layers: [],
+      files,
+      diffIds: built.diffIds,
+      chainId: chainIdOf(built.diffIds),
+      kbsResources: { [`default/image-kek/${name}-${salt}`]: kek },
+    };
+    const kbs = await startKbs({ resources: img.kbsResources });
+    await writeDecoderConfig({ kbsUrl: kbs.url, cacheDir: freshCacheDir(), extra: ['[integrity]', 'check_plain_digest = true'] });
+    const ref = await push(img);
+    await pull(img, ref);
+    await expectUnpacked(img, ref);
+    // All three layers share the one KEK: one attestation, one resource request per layer.
+    expect(countersOf(kbs)).toMatchObject({ auth: 1, attest: 1, resource: 3, resourceOk: 3 });
   });
 });
