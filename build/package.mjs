@@ -134,6 +134,8 @@ function stageCommon(root, inp) {
   put(root, 'etc/coco-decoder/config.toml', { from: path.join(PKG, 'common', 'config.toml'), mode: 0o640 });
   put(root, 'etc/containerd/conf.d/coco-decoder.toml', { from: path.join(PKG, 'common', 'containerd-dropin.toml'), mode: 0o644 });
   put(root, 'usr/lib/tmpfiles.d/coco-decoder.conf', { from: path.join(PKG, 'common', 'tmpfiles.conf'), mode: 0o644 });
+  // Shipped disabled: nothing enables or starts it (see the unit's comment).
+  put(root, 'usr/lib/systemd/system/coco-decoder-keyprovider.service', { from: path.join(PKG, 'common', 'coco-decoder-keyprovider.service'), mode: 0o644 });
   put(root, 'usr/share/man/man1/coco-decoder.1.gz', { data: gzip(manPage(inp)), mode: 0o644 });
   put(root, 'usr/share/doc/coco-decoder/README.md', { from: path.join(PKG, 'README.md'), mode: 0o644 });
 }

@@ -12,6 +12,7 @@ const SUBCOMMANDS: Record<string, () => Promise<Subcommand>> = {
   evidence: async () => (await import('./cli/evidence.js')).run,
   doctor: async () => (await import('./cli/doctor.js')).run,
   encrypt: async () => (await import('./cli/encrypt.js')).run,
+  keyprovider: async () => (await import('./cli/keyprovider.js')).run,
 };
 
 async function main(argv: string[]): Promise<number> {

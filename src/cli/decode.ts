@@ -33,6 +33,7 @@ export const USAGE = `Usage: coco-decoder [options]          (containerd stream 
        coco-decoder evidence [options]  (print this TEE's attestation evidence)
        coco-decoder doctor [options]    (check config, TEE, KBS, attestation, containerd and cache setup)
        coco-decoder encrypt [options] oci:SRC oci:DST  (encrypt an image for the attestation-agent provider)
+       coco-decoder keyprovider [--grpc ADDR]  (an ocicrypt key provider for CRI-O, podman, skopeo, ...)
 
 As a stream processor, coco-decoder reads the encrypted layer on stdin, the layer descriptor from containerd on
 fd 3, and writes the decrypted layer to stdout. Keys come from --decryption-keys-path, from the payload, from
@@ -47,7 +48,7 @@ Options:
   --version                   print the version and exit
   -h, --help                  print this help and exit
 
-Run "coco-decoder <subcommand> --help" for the options of evidence, doctor and encrypt.
+Run "coco-decoder <subcommand> --help" for the options of evidence, doctor, encrypt and keyprovider.
 `;
 
 export interface DecodeArgs {

@@ -4,13 +4,16 @@
  * CoCo's coco_keyprovider writes it) and optionally for extra JWE recipients (readable by any ocicrypt client).
  *
  *   coco-decoder encrypt --kid kbs:///<repo>/<type>/<tag> --kek-file FILE [--recipient jwe:PUBKEY.pem]...
- *                        [--layers 0,2] oci:SRC[:TAG] oci:DST[:TAG]
+ *                        [--layers 0,2] SRC DST     (oci:DIR[:TAG] or oci-archive:FILE.tar[:TAG])
  *   coco-decoder encrypt --kek-generate FILE [--kid kbs:///<repo>/<type>/<tag>]
  */
 import { randomBytes } from 'node:crypto';
-import { readFile, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { parseResourceUri } from '../kbs/resource-uri.js';
+import { packOciArchive, unpackOciArchive } from '../image/archive.js';
 import type { Descriptor } from '../image/layout.js';
 import { rewriteImage, type LayerContext } from '../image/rewrite.js';
 import { encryptLayerFile } from '../ocicrypt/encrypt-layer.js';
@@ -21,34 +24,37 @@ import { DecoderError, describeError } from '../util/errors.js';
 import { boundedLine, quoteUntrusted } from '../util/quote.js';
 
 export const USAGE = `usage: coco-decoder encrypt --kid kbs:///REPO/TYPE/TAG --kek-file FILE [--recipient jwe:PUBKEY.pem]...
-                             [--layers 0,2] oci:SRC_DIR[:TAG] oci:DST_DIR[:TAG]
+                             [--layers 0,2] SRC DST
+       (SRC, DST: oci:DIR[:TAG] or oci-archive:FILE.tar[:TAG])
        coco-decoder encrypt --kek-generate FILE [--kid kbs:///REPO/TYPE/TAG]
 
 Encrypts every layer (or the --layers listed, counted from 0 in each manifest) of the image with a fresh
 AES-256-CTR/HMAC-SHA256 layer key, wrapped for the CoCo attestation-agent key provider under the 32-byte KEK in
 --kek-file (the KBS resource named by --kid), and for each --recipient. Image indexes (multi-arch) are walked.
-DST_DIR must not exist; it is written completely or not at all. --kek-generate writes a new random KEK (0600).`;
+DST must not exist; it is written completely or not at all. --kek-generate writes a new random KEK (0600).`;
 
 const AA_ANNOTATION = `${ANNOTATION_PREFIX}provider.attestation-agent`;
 const JWE_ANNOTATION = `${ANNOTATION_PREFIX}jwe`;
 const TAG_RE = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$/;
 
 export interface ImageRef {
-  dir: string;
+  /** `oci`: a layout directory; `oci-archive`: a tar file holding one. */
+  transport: 'oci' | 'oci-archive';
+  path: string;
   tag: string | undefined;
 }
 
-/** `oci:DIR[:TAG]` (skopeo's transport syntax); `oci-archive:` is recognised and refused with a clear line. */
+/** `oci:DIR[:TAG]` or `oci-archive:FILE.tar[:TAG]` (skopeo's transport syntax). */
 export function parseImageRef(ref: string, what: string): ImageRef {
-  if (ref.startsWith('oci-archive:')) throw new DecoderError(`${what} ${quoteUntrusted(ref, 120)}: oci-archive: is not supported yet; unpack it to an OCI layout directory`);
-  if (!ref.startsWith('oci:')) throw new DecoderError(`${what} ${quoteUntrusted(ref, 120)} must be oci:DIR[:TAG]`);
-  const rest = ref.slice('oci:'.length);
+  const transport = ref.startsWith('oci-archive:') ? 'oci-archive' : ref.startsWith('oci:') ? 'oci' : undefined;
+  if (transport === undefined) throw new DecoderError(`${what} ${quoteUntrusted(ref, 120)} must be oci:DIR[:TAG] or oci-archive:FILE[:TAG]`);
+  const rest = ref.slice(transport.length + 1);
   const colon = rest.lastIndexOf(':');
   if (colon > 0 && TAG_RE.test(rest.slice(colon + 1)) && !rest.slice(colon + 1).includes('/')) {
-    return { dir: rest.slice(0, colon), tag: rest.slice(colon + 1) };
+    return { transport, path: rest.slice(0, colon), tag: rest.slice(colon + 1) };
   }
-  if (rest === '') throw new DecoderError(`${what} ${quoteUntrusted(ref, 120)} names no directory`);
-  return { dir: rest, tag: undefined };
+  if (rest === '') throw new DecoderError(`${what} ${quoteUntrusted(ref, 120)} names no ${transport === 'oci' ? 'directory' : 'file'}`);
+  return { transport, path: rest, tag: undefined };
 }
 
 function parseLayers(spec: string): Set<number> {
@@ -158,7 +164,7 @@ export async function run(argv: string[]): Promise<number> {
 }
 
 async function encrypt(values: { kid?: string; 'kek-file'?: string; recipient?: string[]; layers?: string }, positionals: string[]): Promise<number> {
-  if (positionals.length !== 2) throw new DecoderError(`expected SRC and DST (oci:DIR[:TAG]), got ${positionals.length} arguments`);
+  if (positionals.length !== 2) throw new DecoderError(`expected SRC and DST (oci:DIR[:TAG] or oci-archive:FILE[:TAG]), got ${positionals.length} arguments`);
   const src = parseImageRef(positionals[0]!, 'SRC');
   const dst = parseImageRef(positionals[1]!, 'DST');
   if ((values.kid === undefined) !== (values['kek-file'] === undefined)) throw new DecoderError('--kid and --kek-file go together');
@@ -174,11 +180,23 @@ async function encrypt(values: { kid?: string; 'kek-file'?: string; recipient?: 
   );
   const layerIndexes = values.layers !== undefined ? parseLayers(values.layers) : undefined;
   const show = progress();
+  // Archives go through private temporary layouts (0700); the archive itself is written whole or not at all.
+  const scratch = src.transport === 'oci-archive' || dst.transport === 'oci-archive' ? await mkdtemp(path.join(tmpdir(), 'coco-decoder-encrypt-')) : undefined;
   try {
+    if (dst.transport === 'oci-archive' && (await stat(dst.path).then(() => true, () => false))) {
+      throw new DecoderError(`${dst.path} already exists: choose a new destination`);
+    }
+    let srcDir = src.path;
+    if (src.transport === 'oci-archive') {
+      srcDir = path.join(scratch!, 'src');
+      await mkdir(srcDir, { mode: 0o700 });
+      await unpackOciArchive(src.path, srcDir);
+    }
+    const dstDir = dst.transport === 'oci-archive' ? path.join(scratch!, 'dst') : dst.path;
     const result = await rewriteImage({
-      srcDir: src.dir,
+      srcDir,
       srcTag: src.tag,
-      dstDir: dst.dir,
+      dstDir,
       dstTag: dst.tag,
       layerIndexes,
       async transformLayer(layer, srcFile, tmpFile, ctx) {
@@ -186,7 +204,7 @@ async function encrypt(values: { kid?: string; 'kek-file'?: string; recipient?: 
         const out = await encryptLayerFile(srcFile, tmpFile, show.layer(ctx, layer));
         try {
           if (out.plainDigest !== layer.digest || out.size !== layer.size) {
-            throw new DecoderError(`layer blob ${layer.digest} in ${src.dir} does not match its descriptor (content hashes to ${out.plainDigest}, ${out.size} bytes)`);
+            throw new DecoderError(`layer blob ${layer.digest} in ${src.path} does not match its descriptor (content hashes to ${out.plainDigest}, ${out.size} bytes)`);
           }
           const annotations: Record<string, string> = { ...layer.annotations };
           if (kid !== undefined && kek !== undefined) annotations[AA_ANNOTATION] = Buffer.from(wrapForAttestationAgent(out.privateOptions, kid, kek)).toString('base64');
@@ -200,12 +218,14 @@ async function encrypt(values: { kid?: string; 'kek-file'?: string; recipient?: 
         }
       },
     });
+    if (dst.transport === 'oci-archive') await packOciArchive(dstDir, dst.path);
     show.done();
     const tag = result.top.annotations?.['org.opencontainers.image.ref.name'];
-    process.stderr.write(`coco-decoder encrypt: ${result.layersTransformed} layer(s) encrypted into oci:${dst.dir}${tag ? `:${tag}` : ''} (${result.top.digest})\n`);
+    process.stderr.write(`coco-decoder encrypt: ${result.layersTransformed} layer(s) encrypted into ${dst.transport}:${dst.path}${tag ? `:${tag}` : ''} (${result.top.digest})\n`);
     return 0;
   } finally {
     kek?.fill(0);
+    if (scratch !== undefined) await rm(scratch, { recursive: true, force: true });
   }
 }
 

@@ -110,6 +110,8 @@ export function parseConfig(text: string, file: string): Config {
   cfg.log.format = v.oneOf(log, 'log.format', ['text', 'json'] as const) ?? cfg.log.format;
 
   cfg.keyprovider.timeoutMs = v.posInt(kp, 'keyprovider.timeout_ms') ?? cfg.keyprovider.timeoutMs;
+  cfg.keyprovider.wrapKekFile = v.absPath(kp, 'keyprovider.wrap_kek_file') ?? cfg.keyprovider.wrapKekFile;
+  cfg.keyprovider.wrapKid = v.string(kp, 'keyprovider.wrap_kid') ?? cfg.keyprovider.wrapKid;
   cfg.integrity.checkPlainDigest = v.bool(integrity, 'integrity.check_plain_digest') ?? cfg.integrity.checkPlainDigest;
 
   if (cfg.kbs.totalTimeoutMs < cfg.kbs.timeoutMs) {
@@ -123,7 +125,7 @@ const TABLES = {
   attestation: ['tee', 'snp_vmpl', 'configfs_tsm_root', 'tdx_guest_device', 'sev_guest_device', 'ccel_path', 'addon_path', 'tpm_device'],
   cache: ['dir', 'refresh_margin_seconds', 'lock_timeout_ms'],
   log: ['level', 'file', 'syslog', 'format'],
-  keyprovider: ['timeout_ms'],
+  keyprovider: ['timeout_ms', 'wrap_kid', 'wrap_kek_file'],
   integrity: ['check_plain_digest'],
 } as const;
 

@@ -74,6 +74,9 @@ export interface IntegrityConfig {
 export interface KeyProviderConfig {
   /** Per-call deadline for external `cmd`/`grpc` key providers. */
   timeoutMs: number;
+  /** `coco-decoder keyprovider` keywrap defaults, for clients that send no `keyid=`/`keypath=` parameters. */
+  wrapKid: string | undefined;
+  wrapKekFile: string | undefined;
 }
 
 export interface Config {
@@ -114,7 +117,7 @@ export function defaultConfig(): Config {
     },
     cache: { dir: '/run/coco-decoder', refreshMarginSeconds: 30, lockTimeoutMs: 60_000 },
     log: { level: 'error', file: undefined, syslog: false, format: 'text' },
-    keyprovider: { timeoutMs: 30_000 },
+    keyprovider: { timeoutMs: 30_000, wrapKid: undefined, wrapKekFile: undefined },
     integrity: { checkPlainDigest: false },
   };
 }

@@ -93,6 +93,7 @@ const COMMON_FILES = [
   '/usr/bin/coco-decoder',
   ...(HAS_ADDON ? ['/usr/lib/coco-decoder/tee.node'] : []),
   '/usr/lib/tmpfiles.d/coco-decoder.conf',
+  '/usr/lib/systemd/system/coco-decoder-keyprovider.service',
   '/usr/share/doc/coco-decoder/README.md',
   '/usr/share/man/man1/coco-decoder.1.gz',
 ];
@@ -302,8 +303,10 @@ describe('shipped configuration', () => {
     expected.kbs.url = shown.kbs.url;
     expected.kbs.cert = shown.kbs.cert;
     expected.log.file = shown.log.file;
+    expected.keyprovider.wrapKid = shown.keyprovider.wrapKid;
+    expected.keyprovider.wrapKekFile = shown.keyprovider.wrapKekFile;
     expect(shown).toEqual(expected);
-    expect([shown.kbs.url, shown.kbs.cert, shown.log.file].every((v) => typeof v === 'string')).toBe(true);
+    expect([shown.kbs.url, shown.kbs.cert, shown.log.file, shown.keyprovider.wrapKid, shown.keyprovider.wrapKekFile].every((v) => typeof v === 'string')).toBe(true);
 
     const documented = Object.entries(parseToml(uncommented)).flatMap(([t, keys]) =>
       Object.keys(keys as object).map((k) => `${t}.${k}`),

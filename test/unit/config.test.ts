@@ -57,6 +57,8 @@ format = "json"
 
 [keyprovider]
 timeout_ms = 1234
+wrap_kid = "kbs:///default/image-kek/app"
+wrap_kek_file = "/etc/coco-decoder/kek.bin"
 
 [integrity]
 check_plain_digest = true
@@ -120,7 +122,7 @@ describe('keys', () => {
       },
       cache: { dir: '/run/coco', refreshMarginSeconds: 0, lockTimeoutMs: 1000 },
       log: { level: 'debug', file: '/var/log/coco-decoder.log', syslog: true, format: 'json' },
-      keyprovider: { timeoutMs: 1234 },
+      keyprovider: { timeoutMs: 1234, wrapKid: 'kbs:///default/image-kek/app', wrapKekFile: '/etc/coco-decoder/kek.bin' },
       integrity: { checkPlainDigest: true },
     });
   });

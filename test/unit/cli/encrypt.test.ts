@@ -148,6 +148,45 @@ describe('coco-decoder encrypt', () => {
     }
   });
 
+  it('oci-archive: in and out (a tar of the layout, as skopeo writes and reads it)', async () => {
+    // Our own archive of the plain fixture as input (tar(1) of the layout directory), an archive as output.
+    const srcTar = path.join(dir, 'plain.tar');
+    expect(spawnSync('tar', ['-C', PLAIN, '-cf', srcTar, 'oci-layout', 'index.json', 'blobs']).status).toBe(0);
+    const outTar = path.join(dir, 'enc.tar');
+    const r = encrypt(['--kid', KID, '--kek-file', kekFile, `oci-archive:${srcTar}:latest`, `oci-archive:${outTar}:v2`]);
+    expect(r.status, r.stderr).toBe(0);
+    const unpacked = path.join(dir, 'enc-unpacked');
+    mkdirSync(unpacked);
+    expect(spawnSync('tar', ['-C', unpacked, '-xf', outTar]).status).toBe(0);
+    const index = json(path.join(unpacked, 'index.json'));
+    expect(index.manifests[0].annotations['org.opencontainers.image.ref.name']).toBe('v2');
+    const layer = manifestOf(unpacked).layers[0];
+    expect(layer.annotations[AA]).toBeDefined();
+    expect(sha256(blob(unpacked, layer.digest))).toBe(layer.digest);
+    if (skopeo) {
+      const home = mkdtempSync(path.join(dir, 'skopeo-arch-'));
+      const inspect = spawnSync(skopeo, ['inspect', '--raw', `oci-archive:${outTar}:v2`], { encoding: 'utf8', env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin', HOME: home } });
+      expect(inspect.status, inspect.stderr).toBe(0);
+      expect(JSON.parse(inspect.stdout).layers[0].digest).toBe(layer.digest);
+    }
+  });
+
+  it('an archive with an entry outside the layout (path traversal) is refused before anything is written', () => {
+    const evilDir = path.join(dir, 'evil');
+    cpSync(PLAIN, evilDir, { recursive: true });
+    writeFileSync(path.join(dir, 'outside.txt'), 'x');
+    const evilTar = path.join(dir, 'evil.tar');
+    // GNU tar strips "../" when creating, so the hostile entry is written with Python's tarfile.
+    const py = `import tarfile,sys\nt=tarfile.open(sys.argv[1],'w')\nfor n in ['oci-layout','index.json','blobs']: t.add(sys.argv[2]+'/'+n, arcname=n)\nt.add(sys.argv[3], arcname='../outside.txt')\nt.close()`;
+    const made = spawnSync('python3', ['-c', py, evilTar, evilDir, path.join(dir, 'outside.txt')], { encoding: 'utf8' });
+    expect(made.status, made.stderr).toBe(0);
+    const out = path.join(dir, 'evil-out.tar');
+    const r = encrypt(['--kid', KID, '--kek-file', kekFile, `oci-archive:${evilTar}:latest`, `oci-archive:${out}`]);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/unexpected entry "\.\.\/outside\.txt" \(file\) for an OCI layout/);
+    expect(existsSync(out)).toBe(false);
+  });
+
   it('--layers encrypts only the listed layers', () => {
     const out = path.join(dir, 'none-enc');
     const r = encrypt(['--kid', KID, '--kek-file', kekFile, '--layers', '5', `oci:${PLAIN}:latest`, `oci:${out}`]);
