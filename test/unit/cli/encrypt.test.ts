@@ -125,7 +125,7 @@ describe('coco-decoder encrypt', () => {
     expect(blob(dec, layer.digest).equals(blob(PLAIN, manifestOf(PLAIN).layers[0].digest))).toBe(true);
   });
 
-  it('walks an image index (multi-arch): every platform manifest is encrypted, platforms and annotations kept', () => {
+  it('walks an image index (multi-arch): every platform manifest is encrypted and decrypts back, platforms and annotations kept', async () => {
     const src = path.join(dir, 'multi-src');
     cpSync(PLAIN, src, { recursive: true });
     const m = json(path.join(src, 'index.json')).manifests[0];
@@ -141,11 +141,27 @@ describe('coco-decoder encrypt', () => {
     const newIdx = manifestOf(out, top);
     expect(newIdx.annotations).toEqual({ 'org.example.keep': 'yes' });
     expect(newIdx.manifests.map((c: any) => c.platform.architecture)).toEqual(['amd64', 'arm64']);
+    const plainLayer = blob(PLAIN, manifestOf(PLAIN).layers[0].digest);
+    const config = path.join(dir, 'multi-decoder.toml');
+    writeFileSync(config, `[kbs]\nurl = "${kbs.url}"\nallow_http = true\n[attestation]\ntee = "sample"\n[cache]\ndir = "${path.join(dir, 'cache-multi')}"\n`);
     for (const c of newIdx.manifests) {
       const man = manifestOf(out, c);
-      expect(man.layers[0].mediaType).toMatch(/\+encrypted$/);
+      const layer = man.layers[0];
+      expect(layer.mediaType).toMatch(/\+encrypted$/);
       expect(sha256(blob(out, c.digest))).toBe(c.digest);
+      // Round trip: each platform's layer decrypts back to the original bytes.
+      const d = await runDecoder({
+        binary: bin,
+        env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin', COCO_DECODER_CONFIG: config },
+        descriptor: { mediaType: layer.mediaType, digest: layer.digest, size: layer.size, annotations: layer.annotations },
+        input: blob(out, layer.digest),
+        output: 'buffer',
+      });
+      expect(d.stderr).toBe('');
+      expect(d.stdout!.equals(plainLayer)).toBe(true);
     }
+    // Two encryptions of the same plain manifest: two different layer keys, two different ciphertexts.
+    expect(manifestOf(out, newIdx.manifests[0]).layers[0].digest).not.toBe(manifestOf(out, newIdx.manifests[1]).layers[0].digest);
   });
 
   it('oci-archive: in and out (a tar of the layout, as skopeo writes and reads it)', async () => {
