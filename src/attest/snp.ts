@@ -9,7 +9,7 @@ import type { AttestationConfig } from '../config/types.js';
 import type { Attester } from './attester.js';
 import { DecoderError } from '../util/errors.js';
 import { tsmGetReport, TsmError, type TsmFs } from './configfs-tsm.js';
-import { padReportData } from './tdx.js';
+import { padReportData } from './report-data.js';
 import {
   parseSnpCertTable,
   parseSnpReport,

@@ -7,11 +7,16 @@
  */
 import { existsSync, fstatSync } from 'node:fs';
 import { DEFAULT_CONFIG_PATH } from '../config/types.js';
-import type { Config, LogLevel } from '../config/types.js';
+import type { Config } from '../config/types.js';
 import type { LayerDecipher } from '../ocicrypt/layer-decipher.js';
 import type { DecryptParameters, UnwrapAudit } from '../ocicrypt/keywrap/keywrapper.js';
+import { mergeParameters, zeroParameters } from '../ocicrypt/decrypt-parameters.js';
+import { parseDecodeArgs, type DecodeArgs } from './decode-args.js';
+
+export { mergeParameters } from '../ocicrypt/decrypt-parameters.js';
+export { parseDecodeArgs, type DecodeArgs } from './decode-args.js';
 import { DecoderError, describeError } from '../util/errors.js';
-import { LOG_LEVELS, createLogger, isLogLevel } from '../util/log.js';
+import { createLogger } from '../util/log.js';
 import { boundedLine, quoteUntrusted } from '../util/quote.js';
 import type { Logger } from '../util/log.js';
 import { VERSION } from '../version.js';
@@ -50,82 +55,6 @@ Options:
 
 Run "coco-decoder <subcommand> --help" for the options of evidence, doctor, encrypt and keyprovider.
 `;
-
-export interface DecodeArgs {
-  keysPath: string | undefined;
-  configPath: string | undefined;
-  logLevel: LogLevel | undefined;
-  help: boolean;
-  version: boolean;
-}
-
-const STRING_FLAGS = new Set(['decryption-keys-path', 'config', 'log-level']);
-const BOOL_FLAGS = new Set(['help', 'h', 'version', 'v']);
-
-function parseBool(name: string, value: string): boolean {
-  if (/^(1|t|true)$/i.test(value)) return true;
-  if (/^(0|f|false)$/i.test(value)) return false;
-  throw new DecoderError(`invalid boolean value "${value}" for -${name}`);
-}
-
-/**
- * Go `flag`/urfave syntax: `-name v`, `--name v`, `-name=v`, `--name=v`; the last occurrence wins; parsing stops at
- * the first positional argument or `--`; positional arguments are ignored except urfave's `help`/`h`.
- */
-export function parseDecodeArgs(argv: readonly string[]): DecodeArgs {
-  const args: DecodeArgs = { keysPath: undefined, configPath: undefined, logLevel: undefined, help: false, version: false };
-  let i = 0;
-  for (; i < argv.length; i++) {
-    const arg = argv[i]!;
-    if (arg === '--') {
-      i++;
-      break;
-    }
-    if (arg.length < 2 || !arg.startsWith('-')) break;
-    const body = arg.startsWith('--') ? arg.slice(2) : arg.slice(1);
-    const eq = body.indexOf('=');
-    const name = eq >= 0 ? body.slice(0, eq) : body;
-    if (name === '' || name.startsWith('-')) throw new DecoderError(`bad flag syntax: ${arg}`);
-    if (BOOL_FLAGS.has(name)) {
-      const on = eq >= 0 ? parseBool(name, body.slice(eq + 1)) : true;
-      if (name === 'help' || name === 'h') args.help = on;
-      else args.version = on;
-      continue;
-    }
-    if (!STRING_FLAGS.has(name)) throw new DecoderError(`flag provided but not defined: -${name}`);
-    let value: string;
-    if (eq >= 0) value = body.slice(eq + 1);
-    else if (i + 1 < argv.length) value = argv[++i]!;
-    else throw new DecoderError(`flag needs an argument: -${name}`);
-    if (name === 'decryption-keys-path') args.keysPath = value;
-    else if (name === 'config') args.configPath = value;
-    else {
-      if (!isLogLevel(value)) {
-        throw new DecoderError(`invalid value "${value}" for -log-level: use ${LOG_LEVELS.join(', ')}`);
-      }
-      args.logLevel = value;
-    }
-  }
-  const first = argv[i];
-  if (first === 'help' || first === 'h') args.help = true;
-  return args;
-}
-
-/** ctd-decoder's `CombineCryptoConfigs([keysDir, payload])`: per parameter name, keys-directory entries first. */
-export function mergeParameters(first: DecryptParameters, second: DecryptParameters): DecryptParameters {
-  const out: DecryptParameters = {};
-  for (const source of [first, second]) {
-    for (const [name, list] of Object.entries(source)) {
-      const merged = Object.hasOwn(out, name) ? [...out[name]!, ...list] : [...list];
-      Object.defineProperty(out, name, { value: merged, enumerable: true, writable: true, configurable: true });
-    }
-  }
-  return out;
-}
-
-function zeroParameters(params: DecryptParameters): void {
-  for (const list of Object.values(params)) for (const b of list) b?.fill(0);
-}
 
 /** An abort signal for the unwrap phase whose deadline can only grow. */
 class Deadline {
