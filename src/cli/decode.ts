@@ -208,10 +208,16 @@ async function decodeLayer(args: DecodeArgs, logger: Logger, configs: ConfigSour
   let privopts: Buffer;
   try {
     const schemes = layerKeySchemes(descriptor.annotations);
+    const getKek = schemes.includes('provider.attestation-agent')
+      ? await import('./kek-source.js').then(({ createKekSource, describeKbsStats }) =>
+          createKekSource(getConfig, { onWarning: (m) => logger.warn(m), onStats: (st) => logger.debug(describeKbsStats(st)) }),
+        )
+      : () => Promise.reject(new DecoderError('no KBS key source for this layer'));
     const wrappers = await buildKeyWrappers(schemes, {
       env: process.env,
       warn: (m) => logger.warn(m),
       getConfig,
+      getKek,
     });
     privopts = await unwrapLayerKey(wrappers, descriptor.annotations, {
       params,

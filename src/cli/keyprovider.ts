@@ -16,6 +16,7 @@ import { parseArgs } from 'node:util';
 import type { Config } from '../config/types.js';
 import { parseResourceUri } from '../kbs/resource-uri.js';
 import { createAttestationAgentWrapper } from '../ocicrypt/keywrap/attestation-agent.js';
+import { createKekSource } from './kek-source.js';
 import { KEK_BYTES, wrapForAttestationAgent } from '../ocicrypt/keywrap/attestation-agent-wrap.js';
 import { decodeBytesMessage, encodeBytesMessage } from '../ocicrypt/keyprovider/grpc.js';
 import {
@@ -46,7 +47,7 @@ const SERVICE = 'keyprovider.KeyProviderService';
 /** One request in, one answer out: the part shared by the cmd and gRPC modes. */
 export function createProviderHandler(getConfig: () => Promise<Config>, env: NodeJS.ProcessEnv = process.env) {
   // One wrapper for the whole process: concurrent gRPC calls share one key source, hence one token.
-  const aa = createAttestationAgentWrapper(getConfig, { env, onWarning: () => undefined });
+  const aa = createAttestationAgentWrapper(createKekSource(getConfig, { env }));
   return async (input: Buffer, signal: AbortSignal): Promise<Buffer> => {
     const req = parseProviderRequest(input);
     if (req.op === 'keyunwrap') {

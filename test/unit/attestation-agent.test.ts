@@ -10,6 +10,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import type { Config } from '../../src/config/types.js';
 import { parseAnnotationPacket } from '../../src/ocicrypt/keywrap/attestation-agent-packet.js';
 import type { ResourceStats } from '../../src/kbs/key-source.js';
+import { createKekSource } from '../../src/cli/kek-source.js';
 import { createAttestationAgentWrapper } from '../../src/ocicrypt/keywrap/attestation-agent.js';
 import type { UnwrapContext } from '../../src/ocicrypt/keywrap/keywrapper.js';
 import { describeError } from '../../src/util/errors.js';
@@ -54,7 +55,7 @@ describe('unwrapping through the KBS', () => {
   it('returns the private layer options of a coco_keyprovider (v1) packet and fills the audit', async () => {
     const { k, config } = await setup();
     const stats: Array<ResourceStats & { kid: string }> = [];
-    const w = createAttestationAgentWrapper(async () => config, { onStats: (s) => stats.push(s) });
+    const w = createAttestationAgentWrapper(createKekSource(async () => config, { onStats: (s) => stats.push(s) }));
     expect(w).toMatchObject({ scheme: 'provider.attestation-agent', supported: true });
     expect(w.noPossibleKeys({})).toBe(false);
     expect(w.hasPrivateKeys({})).toBe(false);
@@ -66,7 +67,7 @@ describe('unwrapping through the KBS', () => {
 
     // The next layer (a new wrapper, as in a new process) reuses the cached token.
     const c2 = ctx();
-    const w2 = createAttestationAgentWrapper(async () => config, { onStats: (s) => stats.push(s) });
+    const w2 = createAttestationAgentWrapper(createKekSource(async () => config, { onStats: (s) => stats.push(s) }));
     expect((await w2.unwrap(entry, c2))!.equals(PRIVOPTS)).toBe(true);
     expect(c2.audit.tokenFromCache).toBe(true);
     expect(k.counters.attest).toBe(1);
@@ -78,7 +79,7 @@ describe('unwrapping through the KBS', () => {
 
   it('accepts v2 packets (version, provider, provider_settings, annotations) and ignores unknown members', async () => {
     const { config } = await setup();
-    const w = createAttestationAgentWrapper(async () => config);
+    const w = createAttestationAgentWrapper(createKekSource(async () => config));
     const entry = wrapLikeCocoKeyprovider(KEK, PRIVOPTS, `kbs:///${KID_PATH}`, {
       version: '0.1.0',
       provider: 'kbs',
@@ -91,7 +92,7 @@ describe('unwrapping through the KBS', () => {
 
   it('uses the configured KBS even when the kid names another host', async () => {
     const { k, config } = await setup();
-    const w = createAttestationAgentWrapper(async () => config);
+    const w = createAttestationAgentWrapper(createKekSource(async () => config));
     const entry = wrapLikeCocoKeyprovider(KEK, PRIVOPTS, `kbs://203.0.113.7:8080/${KID_PATH}`);
     expect((await w.unwrap(entry, ctx()))!.equals(PRIVOPTS)).toBe(true);
     expect(k.counters.resourceOk).toBe(1);
@@ -101,7 +102,7 @@ describe('unwrapping through the KBS', () => {
     const { k, config } = await setup();
     const other = randomBytes(32);
     k.setResource(KID_PATH, other);
-    const w = createAttestationAgentWrapper(async () => config);
+    const w = createAttestationAgentWrapper(createKekSource(async () => config));
     const err = await w.unwrap(wrapLikeCocoKeyprovider(KEK, PRIVOPTS, `kbs:///${KID_PATH}`), ctx()).catch((e) => e);
     const text = describeError(err);
     expect(text).toMatch(/does not unwrap this layer's key \(AES-256-GCM authentication failed\)/);
@@ -114,14 +115,14 @@ describe('unwrapping through the KBS', () => {
   it('a KBS resource that is not 32 bytes is refused', async () => {
     const { k, config } = await setup();
     k.setResource(KID_PATH, Buffer.alloc(16, 1));
-    const w = createAttestationAgentWrapper(async () => config);
+    const w = createAttestationAgentWrapper(createKekSource(async () => config));
     const err = await w.unwrap(wrapLikeCocoKeyprovider(KEK, PRIVOPTS, `kbs:///${KID_PATH}`), ctx()).catch((e) => e);
     expect(describeError(err)).toMatch(/is 16 bytes, not a 32-byte AES-256 key encryption key/);
   });
 
   it('without kbs.url it names the config file and the key', async () => {
     const { config } = await setup((c) => (c.kbs.url = undefined));
-    const w = createAttestationAgentWrapper(async () => config);
+    const w = createAttestationAgentWrapper(createKekSource(async () => config));
     const err = await w.unwrap(wrapLikeCocoKeyprovider(KEK, PRIVOPTS, `kbs:///${KID_PATH}`), ctx()).catch((e) => e);
     expect(describeError(err)).toBe(
       `layer key kbs:///${KID_PATH} must come from a KBS, but none is configured: set kbs.url in /test/config.toml`,
@@ -132,7 +133,7 @@ describe('unwrapping through the KBS', () => {
     const { k, config } = await setup();
     const ac = new AbortController();
     ac.abort(new Error('deadline'));
-    const w = createAttestationAgentWrapper(async () => config);
+    const w = createAttestationAgentWrapper(createKekSource(async () => config));
     await expect(w.unwrap(wrapLikeCocoKeyprovider(KEK, PRIVOPTS, `kbs:///${KID_PATH}`), ctx(ac.signal))).rejects.toThrow(/abandoned/);
     expect(k.counters.auth).toBe(0);
   });
@@ -162,7 +163,7 @@ describe('annotation packet validation', () => {
 
   it('rejects a kid trustee would refuse, before any network traffic', async () => {
     const w = createAttestationAgentWrapper(async () => {
-      throw new Error('config must not be needed');
+      throw new Error('the KEK source must not be asked');
     });
     const entry = Buffer.from(JSON.stringify({ ...valid, kid: 'kbs:///a/b/c/d' }));
     await expect(w.unwrap(entry, ctx())).rejects.toThrow(/exactly 3 path segments/);
@@ -179,7 +180,7 @@ describe('annotation packet validation', () => {
     const entry = Buffer.from(JSON.stringify({ kid: `kbs:///${KID_PATH}`, wrapped_data: body.toString('base64'), iv: ctrIv.toString('base64'), wrap_type: 'A256CTR' }));
     const d = createDecipheriv('aes-256-ctr', KEK, ctrIv);
     expect(Buffer.concat([d.update(body), d.final()]).equals(PRIVOPTS)).toBe(true); // the attack is real
-    const w = createAttestationAgentWrapper(async () => config);
+    const w = createAttestationAgentWrapper(createKekSource(async () => config));
     await expect(w.unwrap(entry, ctx())).rejects.toThrow('invalid attestation-agent annotation packet: unsupported wrap_type "A256CTR" (only "A256GCM", as coco_keyprovider writes it)');
     expect(k.counters.resource).toBe(0);
     expect(k.counters.auth).toBe(0);

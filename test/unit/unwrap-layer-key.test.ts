@@ -254,6 +254,9 @@ describe('key wrapper registry (real modules)', () => {
           configLoads++;
           return defaultConfig();
         },
+        getKek: async () => {
+          throw new Error('no KEK in this test');
+        },
       },
       configLoads: () => configLoads,
     };

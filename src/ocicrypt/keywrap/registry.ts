@@ -6,6 +6,7 @@
  * once per layer and start-up time adds up over a pull.
  */
 import type { Config } from '../../config/types.js';
+import type { GetKek } from './attestation-agent.js';
 import type { KeyWrapper } from './keywrapper.js';
 
 const ATTESTATION_AGENT_SCHEME = 'provider.attestation-agent';
@@ -15,6 +16,8 @@ export interface KeyWrapperRegistryOptions {
   warn: (msg: string) => void;
   /** Lazily loads (and memoizes) the coco-decoder config; only called for layers with key-provider annotations. */
   getConfig: () => Promise<Config>;
+  /** Where attestation-agent KEKs come from (built by the CLI: the KBS client and token cache). */
+  getKek: GetKek;
 }
 
 /** Builds the wrappers needed for a layer whose key annotations name `schemes` (see `layerKeySchemes`). */
@@ -38,7 +41,7 @@ export async function buildKeyWrappers(
     wrappers.push(...providers);
     if (has(ATTESTATION_AGENT_SCHEME) && !providers.some((w) => w.scheme === ATTESTATION_AGENT_SCHEME)) {
       const { createAttestationAgentWrapper } = await import('./attestation-agent.js');
-      wrappers.push(createAttestationAgentWrapper(options.getConfig, { onWarning: options.warn }));
+      wrappers.push(createAttestationAgentWrapper(options.getKek));
     }
   }
 
