@@ -100,20 +100,6 @@ function printableDigest(digest: string): string {
   return quoteUntrusted(digest, 80);
 }
 
-/**
- * `[integrity] check_plain_digest`: the private options must name the plaintext's sha256. The message is fixed
- * (the digest comes from decrypted data).
- */
-function strictPlainDigest(digest: string): Buffer {
-  const m = /^sha256:([0-9a-f]{64})$/.exec(digest);
-  if (!m) {
-    throw new DecoderError('the private layer options carry no sha256 plaintext digest, which [integrity] check_plain_digest requires', {
-      stage: 'call to DecryptLayer failed',
-    });
-  }
-  return Buffer.from(m[1]!, 'hex');
-}
-
 /** What the audit log records about a layer, filled in as decoding proceeds. */
 interface LayerFacts {
   digest?: string;
@@ -158,16 +144,15 @@ class ConfigSource {
 }
 
 async function decodeLayer(args: DecodeArgs, logger: Logger, configs: ConfigSource, facts: LayerFacts): Promise<void> {
-  const [{ readPayloadFd }, { decodePayload }, { checkLayerMediaType }, options, { layerKeySchemes, unwrapLayerKey }, { buildKeyWrappers }] =
+  // The one lazy-import boundary of the decoding path (see the module comment).
+  const [{ readPayloadFd }, { decodePayload }, { checkLayerMediaType }, { decryptLayer, layerKeySchemes, layerPublicOptions }, { buildKeyWrappers }] =
     await Promise.all([
       import('../streamprocessor/fd3.js'),
       import('../streamprocessor/payload.js'),
       import('../streamprocessor/mediatype.js'),
-      import('../ocicrypt/options.js'),
-      import('../ocicrypt/unwrap-layer-key.js'),
+      import('../ocicrypt/decrypt-layer.js'),
       import('../ocicrypt/keywrap/registry.js'),
     ]);
-  const { checkPublicOptions, cipherOptionsFromUnwrapped, publicOptionsFromAnnotations } = options;
   const payloadBytes = await readPayloadFd();
   const payload = decodePayload(payloadBytes);
   payloadBytes.fill(0); // ctr-enc payloads carry private keys
@@ -178,8 +163,7 @@ async function decodeLayer(args: DecodeArgs, logger: Logger, configs: ConfigSour
   const early = await configs.early().catch(() => undefined);
   if (early && args.logLevel === undefined) logger.level = early.log.level;
   checkLayerMediaType(descriptor.mediaType);
-  const pub = publicOptionsFromAnnotations(descriptor.annotations);
-  checkPublicOptions(pub);
+  layerPublicOptions(descriptor.annotations);
 
   let params = payload.params;
   if (args.keysPath !== undefined) {
@@ -204,8 +188,7 @@ async function decodeLayer(args: DecodeArgs, logger: Logger, configs: ConfigSour
       return cfg;
     });
 
-  const audit = facts.unwrap;
-  let privopts: Buffer;
+  let decipher: LayerDecipher;
   try {
     const schemes = layerKeySchemes(descriptor.annotations);
     const getKek = schemes.includes('provider.attestation-agent')
@@ -219,30 +202,18 @@ async function decodeLayer(args: DecodeArgs, logger: Logger, configs: ConfigSour
       getConfig,
       getKek,
     });
-    privopts = await unwrapLayerKey(wrappers, descriptor.annotations, {
-      params,
+    decipher = await decryptLayer({
+      annotations: descriptor.annotations,
       layerDigest: descriptor.digest,
+      params,
+      wrappers,
       signal: deadline.controller.signal,
-      audit,
+      audit: facts.unwrap,
+      checkPlainDigest: early?.integrity.checkPlainDigest === true,
     });
   } finally {
     deadline.clear();
     zeroParameters(params);
-  }
-
-  let cipherOptions: ReturnType<typeof cipherOptionsFromUnwrapped>;
-  try {
-    cipherOptions = cipherOptionsFromUnwrapped(pub, privopts, audit.scheme ?? 'unknown');
-  } finally {
-    privopts.fill(0);
-  }
-  const { LayerDecipher } = await import('../ocicrypt/layer-decipher.js');
-  let decipher: LayerDecipher;
-  try {
-    const strict = early?.integrity.checkPlainDigest === true;
-    decipher = new LayerDecipher(strict ? { ...cipherOptions, plainSha256: strictPlainDigest(cipherOptions.digest) } : cipherOptions);
-  } finally {
-    cipherOptions.key.fill(0);
   }
   // Field values are quoted and bounded by the logger: the digest is untrusted input.
   const layer = descriptor.digest;

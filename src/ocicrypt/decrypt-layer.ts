@@ -1,0 +1,68 @@
+/**
+ * The counterpart of ocicrypt's `DecryptLayer` (`encryption.go`): a layer's annotations, the decrypt parameters
+ * and the key wrappers in; a ready `LayerDecipher` out (layer key unwrapped, cipher options checked). The CLI
+ * does the I/O around it: payload and keys before, stdin/stdout after.
+ */
+import { LayerDecipher } from './layer-decipher.js';
+import type { DecryptParameters, KeyWrapper, UnwrapAudit } from './keywrap/keywrapper.js';
+import { checkPublicOptions, cipherOptionsFromUnwrapped, publicOptionsFromAnnotations, type PublicLayerOptions } from './options.js';
+import { unwrapLayerKey } from './unwrap-layer-key.js';
+import { DecoderError } from '../util/errors.js';
+
+export { layerKeySchemes } from './unwrap-layer-key.js';
+
+export interface DecryptLayerRequest {
+  annotations: Record<string, string>;
+  /** For messages and the audit log only. */
+  layerDigest: string;
+  params: DecryptParameters;
+  wrappers: readonly KeyWrapper[];
+  /** The unwrap deadline (KBS, key providers). */
+  signal: AbortSignal;
+  /** Filled in with the scheme, kid and token-cache facts of the key that worked. */
+  audit: UnwrapAudit;
+  /** `[integrity] check_plain_digest`: the plaintext must hash to the digest in the private options. */
+  checkPlainDigest: boolean;
+}
+
+/**
+ * The public options alone, checked before any key is loaded or unwrapped (no point attesting for a layer whose
+ * cipher we cannot run). `decryptLayer` checks them again; this is the early, cheap rejection.
+ */
+export function layerPublicOptions(annotations: Record<string, string>): PublicLayerOptions {
+  const pub = publicOptionsFromAnnotations(annotations);
+  checkPublicOptions(pub);
+  return pub;
+}
+
+export async function decryptLayer(req: DecryptLayerRequest): Promise<LayerDecipher> {
+  const pub = layerPublicOptions(req.annotations);
+  const privopts = await unwrapLayerKey(req.wrappers, req.annotations, {
+    params: req.params,
+    layerDigest: req.layerDigest,
+    signal: req.signal,
+    audit: req.audit,
+  });
+  let options: ReturnType<typeof cipherOptionsFromUnwrapped>;
+  try {
+    options = cipherOptionsFromUnwrapped(pub, privopts, req.audit.scheme ?? 'unknown');
+  } finally {
+    privopts.fill(0);
+  }
+  try {
+    return new LayerDecipher(req.checkPlainDigest ? { ...options, plainSha256: plainSha256(options.digest) } : options);
+  } finally {
+    options.key.fill(0);
+  }
+}
+
+/** The private options must name the plaintext's sha256. The message is fixed (the digest is decrypted data). */
+function plainSha256(digest: string): Buffer {
+  const m = /^sha256:([0-9a-f]{64})$/.exec(digest);
+  if (!m) {
+    throw new DecoderError('the private layer options carry no sha256 plaintext digest, which [integrity] check_plain_digest requires', {
+      stage: 'call to DecryptLayer failed',
+    });
+  }
+  return Buffer.from(m[1]!, 'hex');
+}
