@@ -16,6 +16,7 @@ import {
   goStruct,
   parseJson,
 } from '../util/gojson.js';
+import { ProtoError, readLengthDelimitedFields } from '../util/protobuf.js';
 
 /** imgcrypt's `DecryptConfig.Parameters` (Go `map[string][][]byte`): what ocicrypt calls its decrypt parameters. */
 export type PayloadParameters = Record<string, Array<Buffer | null>>;
@@ -41,72 +42,17 @@ export interface ProtoAny {
   value: Buffer;
 }
 
-class ProtoError extends Error {}
-
-/** Reads a base-128 varint at `pos`; returns [value, next position]. At most 10 bytes, as in protobuf. */
-function readVarint(buf: Buffer, pos: number): [number, number] {
-  let value = 0;
-  let scale = 1;
-  for (let i = 0; i < 10; i++) {
-    if (pos >= buf.length) throw new ProtoError('unexpected EOF');
-    const b = buf[pos++]!;
-    value += (b & 0x7f) * scale;
-    if ((b & 0x80) === 0) return [value, pos];
-    scale *= 128;
-  }
-  throw new ProtoError('variable length integer overflow');
-}
-
-function readLength(buf: Buffer, pos: number): [number, number] {
-  const [len, next] = readVarint(buf, pos);
-  if (len > buf.length - next) throw new ProtoError('unexpected EOF');
-  return [len, next];
-}
-
 /**
  * Decodes a `google.protobuf.Any`: field 1 `type_url` (string), field 2 `value` (bytes). Unknown fields are skipped;
  * a known field with an unexpected wire type is treated as unknown (as Go's proto does); the last occurrence wins.
  */
 export function decodeAny(buf: Buffer): ProtoAny {
-  let typeUrl = '';
-  let value: Buffer = Buffer.alloc(0);
-  let pos = 0;
-  while (pos < buf.length) {
-    const [tag, afterTag] = readVarint(buf, pos);
-    pos = afterTag;
-    const field = Math.floor(tag / 8);
-    const wire = tag % 8;
-    if (field === 0) throw new ProtoError('invalid field number');
-    switch (wire) {
-      case 0:
-        pos = readVarint(buf, pos)[1];
-        break;
-      case 1:
-        if (buf.length - pos < 8) throw new ProtoError('unexpected EOF');
-        pos += 8;
-        break;
-      case 5:
-        if (buf.length - pos < 4) throw new ProtoError('unexpected EOF');
-        pos += 4;
-        break;
-      case 2: {
-        const [len, start] = readLength(buf, pos);
-        pos = start + len;
-        if (field === 1) {
-          const bytes = buf.subarray(start, pos);
-          const text = bytes.toString('utf8');
-          // proto3 strings must be valid UTF-8 (Go's proto.Unmarshal rejects them otherwise).
-          if (!Buffer.from(text, 'utf8').equals(bytes)) throw new ProtoError('string field contains invalid UTF-8');
-          typeUrl = text;
-        } else if (field === 2) {
-          value = buf.subarray(start, pos);
-        }
-        break;
-      }
-      default:
-        throw new ProtoError(`cannot parse reserved wire type ${wire}`);
-    }
-  }
+  const fields = readLengthDelimitedFields(buf, [1, 2]);
+  const urlBytes = fields.get(1) ?? Buffer.alloc(0);
+  const typeUrl = urlBytes.toString('utf8');
+  // proto3 strings must be valid UTF-8 (Go's proto.Unmarshal rejects them otherwise).
+  if (!Buffer.from(typeUrl, 'utf8').equals(urlBytes)) throw new ProtoError('string field contains invalid UTF-8');
+  const value = fields.get(2) ?? Buffer.alloc(0);
   return { typeUrl, value };
 }
 

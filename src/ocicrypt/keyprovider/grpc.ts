@@ -12,6 +12,7 @@ import { isIP } from 'node:net';
 import type * as GrpcJs from '@grpc/grpc-js';
 import { DecoderError } from '../../util/errors.js';
 import type { GrpcTlsSettings } from './config.js';
+import { readLengthDelimitedFields } from '../../util/protobuf.js';
 
 export const UNWRAP_METHOD = '/keyprovider.KeyProviderService/UnWrapKey';
 
@@ -244,55 +245,7 @@ export function encodeBytesMessage(payload: Buffer): Buffer {
   return Buffer.concat([Buffer.from(header), payload]);
 }
 
-/**
- * Decodes field 1 (`bytes`) of a message, skipping unknown fields; the last occurrence wins, as in protobuf.
- * A missing field is empty bytes. Throws on malformed input.
- */
+/** Decodes field 1 (`bytes`) of a message, skipping unknown fields; the last occurrence wins, as in protobuf. */
 export function decodeBytesMessage(msg: Buffer): Buffer {
-  let pos = 0;
-  let result: Buffer = Buffer.alloc(0);
-  const varint = (): number => {
-    let value = 0;
-    let mul = 1;
-    for (let i = 0; i < 10; i++) {
-      if (pos >= msg.length) throw new Error('truncated protobuf varint');
-      const b = msg[pos++]!;
-      value += (b & 0x7f) * mul;
-      if ((b & 0x80) === 0) {
-        if (value > Number.MAX_SAFE_INTEGER) throw new Error('protobuf varint too large');
-        return value;
-      }
-      mul *= 128;
-    }
-    throw new Error('protobuf varint too long');
-  };
-  while (pos < msg.length) {
-    const key = varint();
-    const field = Math.floor(key / 8);
-    const wire = key % 8;
-    if (field === 0) throw new Error('protobuf field number 0');
-    if (field === 1 && wire !== 2) throw new Error('protobuf field 1 is not length-delimited');
-    switch (wire) {
-      case 0:
-        varint();
-        break;
-      case 1:
-        pos += 8;
-        break;
-      case 2: {
-        const len = varint();
-        if (len > msg.length - pos) throw new Error('truncated protobuf field');
-        if (field === 1) result = msg.subarray(pos, pos + len);
-        pos += len;
-        break;
-      }
-      case 5:
-        pos += 4;
-        break;
-      default:
-        throw new Error(`unsupported protobuf wire type ${wire}`);
-    }
-    if (pos > msg.length) throw new Error('truncated protobuf field');
-  }
-  return result;
+  return readLengthDelimitedFields(msg, [1]).get(1) ?? Buffer.alloc(0);
 }
