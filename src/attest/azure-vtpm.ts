@@ -1,6 +1,6 @@
 /**
  * Azure confidential VMs (az-snp-vtpm, az-tdx-vtpm). The paravisor owns the hardware report, so evidence is a
- * vTPM quote plus the HCL report plus IMDS data (tee-guest-devices.md §4.3), produced with raw TPM 2.0 commands
+ * vTPM quote plus the HCL report plus IMDS data (az-cvm-vtpm's `az-snp-vtpm` / `az-tdx-vtpm`), produced with raw TPM 2.0 commands
  * (no TSS) exactly as guest-components' attesters do through az-cvm-vtpm:
  *   1. report data (unpadded) → NV 0x01400002 (defined owner-read/write, redefined if its size differs);
  *   2. wait 3 s, read the HCL report (NV 0x01400001): the paravisor has put the report data in `user-data`;

@@ -3,7 +3,7 @@
  * signed TDX quote or SEV-SNP report. Plain files, so no native code: mkdir an entry, check `provider`, write
  * exactly 64 bytes to `inblob`, read `outblob` (and `auxblob`: the SNP certificate table), rmdir.
  *
- * Kernel facts this relies on (tee-guest-devices.md §1.3): an `inblob` write is committed at close() and a
+ * Kernel facts this relies on (Linux `drivers/virt/coco/tsm.c`, `Documentation/ABI/testing/configfs-tsm`): an `inblob` write is committed at close() and a
  * failed commit is invisible to the writer, so the `generation` counter is the only proof our inblob landed
  * and that nobody rewrote it before we read `outblob`; the TDX provider can return an *empty* outblob with no
  * error when the host's quote service failed. Entries are private only by convention, and a second process

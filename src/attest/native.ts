@@ -86,7 +86,7 @@ export type TeeDeviceErrorKind =
   | 'SNP_VMPCK_DISABLED'
   | 'SNP_REPORT_STATUS';
 
-/** A failed ioctl request, classified (tee-guest-devices.md §6.4) with the raw codes kept for operators. */
+/** A failed ioctl request, classified (errno meanings from the Linux sev-guest and tdx-guest drivers) with the raw codes kept for operators. */
 export class TeeDeviceError extends DecoderError {
   constructor(
     message: string,

@@ -1,5 +1,5 @@
 /**
- * Stream-processor mode: what containerd runs for every encrypted layer, as it runs `ctd-decoder` (spec §2). The
+ * Stream-processor mode: what containerd runs for every encrypted layer, as it runs `ctd-decoder` (containerd `diff/stream_processor.go`). The
  * payload (layer descriptor + decrypt parameters) comes on fd 3, ciphertext on stdin, plaintext goes to stdout.
  * Every failure is one line on stderr and exit code 1. Imports are kept light: this starts once per layer, and
  * the modules of the decoding path (node:crypto, node:net, streams) are loaded only when a layer is decoded, not

@@ -1,5 +1,5 @@
 /**
- * AES-256-CTR + HMAC-SHA256 layer decryption (spec §4). The HMAC covers the ciphertext and is only known at EOF,
+ * AES-256-CTR + HMAC-SHA256 layer decryption (ocicrypt `blockcipher/blockcipher_aes_ctr.go`). The HMAC covers the ciphertext and is only known at EOF,
  * so the tail of the plaintext is held back until it verifies: on a mismatch (tampering, truncation) the output
  * stays visibly incomplete and containerd's gunzip/diffID checks cannot mistake it for a whole layer.
  */

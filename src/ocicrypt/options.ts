@@ -1,5 +1,5 @@
 /**
- * The layer cipher options (spec §4.3): the public JSON in the `org.opencontainers.image.enc.pubopts` annotation
+ * The layer cipher options (ocicrypt `blockcipher.PublicLayerBlockCipherOptions` / `PrivateLayerBlockCipherOptions`): the public JSON in the `org.opencontainers.image.enc.pubopts` annotation
  * (cipher name, HMAC) and the private JSON every key wrapper unwraps (symmetric key, nonce). Messages follow
  * ocicrypt's so runbooks keep matching; the checks are stricter where upstream fails open (no nonce).
  */

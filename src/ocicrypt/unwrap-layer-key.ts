@@ -1,5 +1,5 @@
 /**
- * ocicrypt's `decryptLayerKeyOptsData` (spec §7): find the private layer options in the layer's
+ * ocicrypt's `decryptLayerKeyOptsData` (`encryption.go`): find the private layer options in the layer's
  * `org.opencontainers.image.enc.keys.<scheme>` annotations. Upstream iterates a Go map (random order); we try the
  * schemes in the fixed order of `wrappers`, which is compatible since any success is equally valid.
  */

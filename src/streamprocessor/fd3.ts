@@ -1,5 +1,5 @@
 /**
- * Reading containerd's payload from fd 3 safely (spec §2.6). containerd passes fd 3 only when it has a payload for
+ * Reading containerd's payload from fd 3 safely (containerd `diff/stream_processor.go` hands it over as `ExtraFiles[0]`). containerd passes fd 3 only when it has a payload for
  * the processor id; otherwise Node's own libuv descriptors (`anon_inode:[eventpoll]`) sit at fd 3 and reading them
  * would block or return garbage. So: probe first, then read with a size bound and a deadline.
  */

@@ -1,6 +1,6 @@
 /**
  * The encrypted layer media types ctd-decoder decrypts (imgcrypt `encryption.go`). Docker `…+encrypted` and
- * `nondistributable…+encrypted` types are rejected upstream too (spec §8).
+ * `nondistributable…+encrypted` types are rejected upstream too (imgcrypt `images/encryption`).
  */
 import { quoteUntrusted } from '../util/quote.js';
 import { DecoderError } from '../util/errors.js';

@@ -1,6 +1,6 @@
 /**
  * The fd-3 payload containerd hands a stream processor: a protobuf `google.protobuf.Any` whose value is the JSON of
- * imgcrypt's `Payload{DecryptConfig, Descriptor}` (spec §2.3). Decoded by hand: two length-delimited fields do not
+ * imgcrypt's `Payload{DecryptConfig, Descriptor}` (imgcrypt `images/encryption`, `cmd/ctd-decoder`). Decoded by hand: two length-delimited fields do not
  * justify a protobuf runtime, and we want strict bounds on untrusted input.
  */
 import { withoutControlChars } from '../util/quote.js';

@@ -1,17 +1,17 @@
 /**
- * Encrypts the layers of an OCI layout image the way ocicrypt does (ocicrypt-and-ctd-decoder.md §4, §5),
+ * Encrypts the layers of an OCI layout image the way ocicrypt does,
  * streaming, so a 1 GiB layer never sits in memory:
  *   - per layer: random 32-byte key and 16-byte nonce, AES-256-CTR (the nonce is the whole initial counter
  *     block), HMAC-SHA256 with the same key over the ciphertext;
  *   - `org.opencontainers.image.enc.pubopts` = base64std(`{"cipher":"AES_256_CTR_HMAC_SHA256","hmac":…,"cipheroptions":{}}`);
  *   - privopts `{"symkey","digest","cipheroptions":{"nonce"}}` (Go field order) wrapped per scheme:
  *       attestation-agent → `org.opencontainers.image.enc.keys.provider.attestation-agent` = base64std of
- *         coco_keyprovider's `{"kid","wrapped_data","iv","wrap_type":"A256GCM"}` (kbs-protocol.md §8.4:
- *         AES-256-GCM under the KEK, 12-byte random IV, no AAD, wrapped_data = ciphertext‖tag);
- *         several AA recipients become a comma-separated list, as ocicrypt writes after re-wrapping (§5);
+ *         coco_keyprovider's `{"kid","wrapped_data","iv","wrap_type":"A256GCM"}`
+ *         (AES-256-GCM under the KEK, 12-byte random IV, no AAD, wrapped_data = ciphertext‖tag);
+ *         several AA recipients become a comma-separated list, as ocicrypt writes after re-wrapping;
  *       jwe → `org.opencontainers.image.enc.keys.jwe` = base64std of one JWE for all JWE recipients:
  *         flattened for one, general (plus go-jose's extra top-level `encrypted_key`) for several;
- *         RSA → `RSA-OAEP`, EC → `ECDH-ES+A256KW`, `enc` A256GCM (§5.1);
+ *         RSA → `RSA-OAEP`, EC → `ECDH-ES+A256KW`, `enc` A256GCM;
  *   - media type gains `+encrypted`; the manifest and index are rewritten with the new digests and sizes.
  * Test helper only: it keeps KEKs in the returned object so a test can register them with the test KBS.
  */
@@ -121,7 +121,7 @@ export async function wrapJwe(privopts: Buffer, publicKeyPems: string[]): Promis
   const enc = new GeneralEncrypt(privopts).setProtectedHeader({ enc: 'A256GCM' });
   for (const key of keys) enc.addRecipient(key).setUnprotectedHeader({ alg: jweAlgFor(key) });
   const jwe = await enc.encrypt();
-  // go-jose also emits recipient 0's key at top level in general form (ocicrypt spec §5.1); parsers ignore it.
+  // go-jose also emits recipient 0's key at top level in general form; parsers ignore it.
   return JSON.stringify({
     protected: jwe.protected,
     recipients: jwe.recipients,

@@ -1,5 +1,5 @@
 /**
- * Encodes the fd-3 payload containerd hands a stream processor (ocicrypt-and-ctd-decoder.md §2.3): a protobuf
+ * Encodes the fd-3 payload containerd hands a stream processor: a protobuf
  * `google.protobuf.Any` — field 1 `type_url` = "io.containerd.ocicrypt.v1.Payload", field 2 `value` = the JSON of
  * imgcrypt's `Payload{DecryptConfig, Descriptor}` — byte for byte as Go writes it for a CRI pull
  * (`test/fixtures/ocicrypt-v1.3.1/payload-cri.bin`): `"Parameters":null` when there are none, descriptor fields in

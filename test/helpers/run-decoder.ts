@@ -1,5 +1,5 @@
 /**
- * Runs a stream processor exactly as containerd does (ocicrypt-and-ctd-decoder.md §2): layer media type in
+ * Runs a stream processor exactly as containerd does: layer media type in
  * `STREAM_PROCESSOR_MEDIATYPE`, the encrypted blob on stdin, the payload (`encodePayload`) on fd 3, the decrypted
  * blob on stdout. Used by the benchmark, the demo and tests.
  *

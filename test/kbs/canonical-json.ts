@@ -1,6 +1,6 @@
 /**
  * RFC 8785 (JCS) canonical JSON, as trustee's attestation service hashes structured runtime data
- * (kbs-protocol.md §4.2: `serialize_canon_json`; §4.3: serde_json without `preserve_order` gives the same
+ * (`serialize_canon_json`; serde_json without `preserve_order` gives the same
  * sorted-key compact form for the 0.2.0 dialect).
  *
  * Deliberately independent of the client's implementation in `src/kbs/`: the test KBS must not agree with
@@ -26,7 +26,7 @@ export function canonicalJson(value: unknown): string {
   throw new TypeError(`canonical JSON: unsupported value of type ${typeof value}`);
 }
 
-/** SHA-384 of the canonical JSON: the REPORT_DATA digest for every TEE but `se` (§4.2). */
+/** SHA-384 of the canonical JSON: the REPORT_DATA digest for every TEE but `se`. */
 export function sha384Canonical(value: unknown): Buffer {
   return createHash('sha384').update(canonicalJson(value), 'utf8').digest();
 }

@@ -1,5 +1,5 @@
 /**
- * Trustee's error responses (kbs-protocol.md §5; trustee kbs/src/error.rs): body
+ * Trustee's error responses (trustee kbs/src/error.rs): body
  * `{"type":"https://github.com/confidential-containers/kbs/errors/<Variant>","detail":"<Display>"}`,
  * 404 only for `InvalidRequestPath` / `PluginNotFound`, 401 for everything else. actix builds the body with
  * `.body(BoxBody)`, so no Content-Type header is set; we do the same so clients cannot come to rely on one.

@@ -1,5 +1,5 @@
 /**
- * Init-data handling of trustee's built-in CoCo AS (kbs-protocol.md §4.5; trustee kbs/src/attestation/coco/builtin.rs
+ * Init-data handling of trustee's built-in CoCo AS (trustee kbs/src/attestation/coco/builtin.rs
  * and attestation-service/src/lib.rs `parse_init_data`): only `format: "toml"` is accepted; the TOML must be
  * `{version: String, algorithm: sha256|sha384|sha512|sm3, data: {String: String}}`; the digest is over the
  * exact body bytes. The sample verifier checks nothing against it and only records it in the claims.

@@ -1,17 +1,17 @@
 /**
- * The RCAR wire messages, parsed the way trustee's serde types do (kbs-types; kbs-protocol.md §3, §4):
+ * The RCAR wire messages, parsed the way trustee's serde types do (kbs-types):
  * required fields must be present with the right JSON type, unknown fields are ignored, and the TEE public
- * key is re-serialised through its typed fields only — which drops `ext`, `key_ops`, `kid`, … (§4.1 ⚠️).
+ * key is re-serialised through its typed fields only — which drops `ext`, `key_ops`, `kid`, ….
  * Every function throws a plain Error naming the first problem; the server maps it to trustee's response.
  */
 
 export type ProtocolVersion = '0.4.0' | '0.2.0';
 
-/** kbs-types ≥ 0.14 (trustee ≥ v0.16, protocol 0.4.0) serde names (§3.2). */
+/** kbs-types ≥ 0.14 (trustee ≥ v0.16, protocol 0.4.0) serde names. */
 const TEES_0_4_0 = [
   'az-snp-vtpm', 'az-tdx-vtpm', 'nvidia', 'sgx', 'snp', 'tdx', 'cca', 'csv', 'se', 'hygondcu', 'tpm', 'sample', 'sampledevice',
 ] as const;
-/** kbs-types 0.10 (trustee v0.12/v0.13, protocol 0.2.0) serde names (§3.2). */
+/** kbs-types 0.10 (trustee v0.12/v0.13, protocol 0.2.0) serde names. */
 const TEES_0_2_0 = ['azsnpvtpm', 'aztdxvtpm', 'sev', 'sgx', 'snp', 'tdx', 'cca', 'csv', 'se', 'sample'] as const;
 
 export function knownTees(protocol: ProtocolVersion): readonly string[] {
@@ -106,7 +106,7 @@ function parseInitData(value: unknown): InitData | null {
 
 /**
  * Protocol 0.4.0 `Attestation` (kebab-case top level, snake_case inside `tee-evidence`):
- * `{"init-data"?, "runtime-data":{nonce, tee-pubkey}, "tee-evidence":{primary_evidence, additional_evidence}}` (§4.1).
+ * `{"init-data"?, "runtime-data":{nonce, tee-pubkey}, "tee-evidence":{primary_evidence, additional_evidence}}`.
  */
 export function parseAttestation040(value: unknown): Attestation {
   if (!isObject(value)) throw new Error('Attestation is not a JSON object');
@@ -122,7 +122,7 @@ export function parseAttestation040(value: unknown): Attestation {
   return { initData, nonce, teePubKey, primaryEvidence, additionalEvidence };
 }
 
-/** Protocol 0.1.1/0.2.0 `Attestation` (kbs-types 0.10): `{"tee-pubkey", "tee-evidence"}` (§4.3). */
+/** Protocol 0.1.1/0.2.0 `Attestation` (kbs-types 0.10): `{"tee-pubkey", "tee-evidence"}`. */
 export function parseAttestation020(value: unknown): Attestation {
   if (!isObject(value)) throw new Error('Attestation is not a JSON object');
   const teePubKey = parseTeePubKey(requireField(value, 'tee-pubkey'), '0.2.0');

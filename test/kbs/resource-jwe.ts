@@ -1,5 +1,5 @@
 /**
- * Resource response encryption, as trustee's `jwe()` (kbs-protocol.md §8.2; kbs/src/jwe/mod.rs): an RFC 7516
+ * Resource response encryption, as trustee's `jwe()` (kbs/src/jwe/mod.rs): an RFC 7516
  * flattened JWE with `enc: A256GCM`, no `aad`, to the TEE key from the token:
  *   RSA  + RSA-OAEP-256                → alg RSA-OAEP-256
  *   EC   + P-256|P-521 + ECDH-ES+A256KW → alg ECDH-ES+A256KW (coordinates exactly 32|66 bytes, point on the curve)

@@ -1,5 +1,5 @@
 /**
- * Trustee's `sample` / `sampledevice` verifiers (kbs-protocol.md §7.1; trustee deps/verifier/src/sample):
+ * Trustee's `sample` / `sampledevice` verifiers (trustee deps/verifier/src/sample):
  * evidence `{svn: String, report_data: String (default "")}`, no signature, and
  * `base64::STANDARD.decode(report_data)` must equal the expected digest byte for byte (no zero padding).
  */

@@ -86,9 +86,9 @@ export interface TestKbs {
 }
 
 const KBS_PREFIX = '/kbs/v0/';
-/** actix `PayloadConfig` default `payload_request_size` = 2 MiB (§2). */
+/** actix `PayloadConfig` default `payload_request_size` = 2 MiB. */
 const MAX_BODY_BYTES = 2 * 1024 * 1024;
-/** trustee ResourceDesc regex (§5, §8.3). */
+/** trustee ResourceDesc regex. */
 const RESOURCE_SEGMENT = /^[A-Za-z0-9_-][A-Za-z0-9_.-]*$/;
 
 interface Reply {
@@ -137,7 +137,7 @@ export async function startTestKbs(opts: TestKbsOptions = {}): Promise<TestKbs> 
       timers.add(t);
     });
 
-  // ---- /kbs/v0/auth (§3) ----
+  // ---- /kbs/v0/auth ----
   function auth(body: Buffer): Reply {
     let request;
     try {
@@ -153,9 +153,9 @@ export async function startTestKbs(opts: TestKbsOptions = {}): Promise<TestKbs> 
     return jsonReply({ nonce, 'extra-params': '' }, { 'Set-Cookie': sessionCookie(session) });
   }
 
-  // ---- /kbs/v0/attest (§4) ----
+  // ---- /kbs/v0/attest ----
   async function attest(req: http.IncomingMessage, body: Buffer): Promise<Reply> {
-    // Every failure collapses into the one generic detail (§5); the reason would only be in trustee's log.
+    // Every failure collapses into the one generic detail; the reason would only be in trustee's log.
     if (faults.rejectAttestation) return errorReply(attestFailed());
     const sessionId = sessionIdFromCookieHeader(req.headers.cookie);
     if (sessionId === undefined) return errorReply(attestFailed());
@@ -169,7 +169,7 @@ export async function startTestKbs(opts: TestKbsOptions = {}): Promise<TestKbs> 
     const session = sessions.get(sessionId);
     if (!session) return errorReply(attestFailed());
     if (session.state === 'attested') {
-      // An attested session gets its stored token back without any re-verification (§4.4).
+      // An attested session gets its stored token back without any re-verification.
       counters.attestOk++;
       return jsonReply({ token: session.token }, { 'Set-Cookie': sessionCookie(session) });
     }
@@ -190,8 +190,8 @@ export async function startTestKbs(opts: TestKbsOptions = {}): Promise<TestKbs> 
   async function verifyAndIssue(tee: string, nonce: string, attestation: Attestation): Promise<string> {
     if (!allowedTees.has(tee)) throw new Error(`no verifier for ${tee}`);
     const teePubKey = teePubKeyJson(attestation.teePubKey);
-    // §4.2 (0.4.0): the primary runtime data always carries "additional-evidence", even when "".
-    // §4.3 (0.2.0): {"tee-pubkey", "nonce"} only.
+    // 0.4.0: the primary runtime data always carries "additional-evidence", even when "".
+    // 0.2.0: {"tee-pubkey", "nonce"} only.
     const runtimeData: Record<string, unknown> =
       protocol === '0.4.0'
         ? { 'tee-pubkey': teePubKey, nonce, 'additional-evidence': attestation.additionalEvidence }
@@ -206,7 +206,7 @@ export async function startTestKbs(opts: TestKbsOptions = {}): Promise<TestKbs> 
 
     const teeClaims = verifySampleEvidence(attestation.primaryEvidence, reportData, initData?.digest ?? null);
 
-    // Additional (device) evidence: a JSON map {tee: evidence}, each bound to H(JCS({tee-pubkey, nonce})) (§4.1, §4.2).
+    // Additional (device) evidence: a JSON map {tee: evidence}, each bound to H(JCS({tee-pubkey, nonce})).
     const extraSubmods: Record<string, Record<string, unknown>> = {};
     if (attestation.additionalEvidence !== '') {
       const map = JSON.parse(attestation.additionalEvidence) as unknown;
@@ -237,7 +237,7 @@ export async function startTestKbs(opts: TestKbsOptions = {}): Promise<TestKbs> 
     );
   }
 
-  // ---- /kbs/v0/resource/<repo>/<type>/<tag> (§8.1, §5) ----
+  // ---- /kbs/v0/resource/<repo>/<type>/<tag> ----
   /** api_server.rs `get_attestation_token`: an attested, unexpired session's token first, else `Authorization: Bearer`. */
   function credentialToken(req: http.IncomingMessage): string | undefined {
     const sessionId = sessionIdFromCookieHeader(req.headers.cookie);
@@ -264,7 +264,7 @@ export async function startTestKbs(opts: TestKbsOptions = {}): Promise<TestKbs> 
     }
     const path = segments.join('/');
     if (faults.denyAll || faults.denyPaths.has(path)) return errorReply(policyDeny());
-    // The plugin runs only after the policy: a malformed path or a missing resource is the same collapsed 401 (§5).
+    // The plugin runs only after the policy: a malformed path or a missing resource is the same collapsed 401.
     if (method !== 'GET') return errorReply(pluginInternalError());
     if (segments.length !== 3 || !segments.every((s) => RESOURCE_SEGMENT.test(s))) return errorReply(pluginInternalError());
     const resource = resources.get(path);
@@ -285,7 +285,7 @@ export async function startTestKbs(opts: TestKbsOptions = {}): Promise<TestKbs> 
     return jsonReply(jwe);
   }
 
-  /** Resource registration (`POST`/`DELETE`), admin = InsecureAllowAll as in the development config (§8.4). */
+  /** Resource registration (`POST`/`DELETE`), admin = InsecureAllowAll as in the development config. */
   function resourceAdmin(method: string, segments: string[], body: Buffer): Reply {
     const path = segments.join('/');
     if (segments.length !== 3 || !segments.every((s) => RESOURCE_SEGMENT.test(s))) return errorReply(pluginInternalError());
@@ -311,7 +311,7 @@ export async function startTestKbs(opts: TestKbsOptions = {}): Promise<TestKbs> 
       if (method === 'POST' || method === 'DELETE') return resourceAdmin(method, rest, body);
       return resourceRequest(req, method, rest);
     }
-    // A wrong method on a built-in name falls through to the plugin lookup too (§2).
+    // A wrong method on a built-in name falls through to the plugin lookup too.
     return errorReply(pluginNotFound(plugin));
   }
 

@@ -1,5 +1,5 @@
 /**
- * RCAR sessions (kbs-protocol.md §2.1; trustee kbs/src/attestation/session.rs): id = UUIDv4 "simple" form
+ * RCAR sessions (trustee kbs/src/attestation/session.rs): id = UUIDv4 "simple" form
  * (32 lowercase hex), fixed expiry set at `/auth` and never extended, `Authed` → `Attested{token}`; expired
  * sessions are dropped when looked up.
  */

@@ -1,6 +1,5 @@
 /**
- * The attestation token: an EAR-shaped JWT signed ES256 like trustee's EAR broker (kbs-protocol.md §6;
- * attestation-service/src/ear_token/broker.rs), with the signer's public JWK in the header. Unlike a KBS
+ * The attestation token: an EAR-shaped JWT signed ES256 like trustee's EAR broker (* attestation-service/src/ear_token/broker.rs), with the signer's public JWK in the header. Unlike a KBS
  * configured with `insecure_header_jwk = true`, verification uses the server's own key, never the header's.
  *
  * Verification mirrors trustee's `jsonwebtoken::Validation::new(ES256)` (kbs/src/crypto/jwt.rs): signature,

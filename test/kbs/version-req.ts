@@ -1,5 +1,5 @@
 /**
- * Trustee's `/auth` version gate (kbs-protocol.md §1; trustee kbs/src/attestation/backend.rs):
+ * Trustee's `/auth` version gate (trustee kbs/src/attestation/backend.rs):
  * `Version::parse(request.version)` must succeed and `VersionReq "=X.Y.Z"` must match — an exact
  * major.minor.patch with an empty pre-release; build metadata is ignored, as in the semver crate.
  */

@@ -296,7 +296,7 @@ const skopeo = ['/usr/bin/skopeo', '/usr/local/bin/skopeo'].find((p) => existsSy
 describe.skipIf(!skopeo)('encryptImage against the real ocicrypt (skopeo)', () => {
   it.each([
     ['RSA', 'rsa-pub.pem', 'rsa-priv.pem'],
-    // ocicrypt reads a PEM private key as PKCS#8 or PKCS#1 only, not SEC1 (spec §5.1).
+    // ocicrypt reads a PEM private key as PKCS#8 or PKCS#1 only, not SEC1.
     ['EC', 'ec-pub.pem', 'ec-priv-pkcs8.pem'],
   ])('skopeo decrypts a %s-JWE image back to the identical plain image', async (_kind, pub, priv) => {
     const dir = join(root, `skopeo-${pub}`);

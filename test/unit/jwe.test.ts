@@ -41,7 +41,7 @@ function keyParams(...keys: Buffer[]): DecryptParameters {
   return { privkeys: keys, 'privkeys-passwords': keys.map(() => null) };
 }
 
-/** The ocicrypt layer cipher (spec §4): HMAC-SHA256 over the ciphertext, AES-256-CTR with the nonce as counter block. */
+/** The ocicrypt layer cipher: HMAC-SHA256 over the ciphertext, AES-256-CTR with the nonce as counter block. */
 function decryptLayerBlob(blob: Buffer, privopts: Buffer, pubopts: string): Buffer {
   const priv = JSON.parse(privopts.toString('utf8'));
   const key = Buffer.from(priv.symkey, 'base64');
@@ -86,7 +86,7 @@ describe('jwe key wrapper against skopeo (ocicrypt 1.0.x) fixtures', () => {
     const digest = JSON.parse(privopts.toString('utf8')).digest as string;
     if (layout === 'enc-zstd') {
       // Recompressed with zstd by skopeo, so not the plain gzip blob: compare the tars inside (zstd CLI, since
-      // Node 20 has no zstd). skopeo recorded the digest of the source (gzip) blob in privopts (spec §4.4).
+      // Node 20 has no zstd). skopeo recorded the digest of the source (gzip) blob in privopts.
       expect(plain.subarray(0, 4).toString('hex')).toBe('28b52ffd');
       const unzstd = spawnSync('zstd', ['-d', '-c', '-q'], { input: plain, maxBuffer: 16 << 20, timeout: 20_000 });
       expect(unzstd.status).toBe(0);

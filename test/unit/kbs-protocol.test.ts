@@ -1,6 +1,6 @@
 /**
  * Pure pieces of the KBS client: canonical JSON, runtime-data strings (written out literally as in
- * kbs-protocol.md §4.2/§4.3), the TEE key JWK shape, resource URIs, wire-message validation, error mapping,
+ *), the TEE key JWK shape, resource URIs, wire-message validation, error mapping,
  * proxy selection and the sample attester.
  */
 import { createHash, createPublicKey } from 'node:crypto';

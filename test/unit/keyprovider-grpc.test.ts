@@ -169,7 +169,7 @@ describe('protobuf bytes message', () => {
     expect(decodeBytesMessage(Buffer.alloc(0)).length).toBe(0);
   });
 
-  it('skips unknown fields and rejects truncation (Go's wording, shared with the fd-3 payload reader)', () => {
+  it('skips unknown fields and rejects truncation (Go’s wording, shared with the fd-3 payload reader)', () => {
     const withUnknown = Buffer.concat([Buffer.from([0x10, 0x96, 0x01, 0x1a, 0x01, 0x41]), encodeBytesMessage(Buffer.from('hi'))]);
     expect(decodeBytesMessage(withUnknown).toString()).toBe('hi');
     expect(() => decodeBytesMessage(Buffer.from([0x0a, 0x05, 0x41]))).toThrow('unexpected EOF');

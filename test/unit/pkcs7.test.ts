@@ -36,7 +36,7 @@ function ctx(params: DecryptParameters): UnwrapContext {
 function params(keys: Buffer[], certs: Buffer[]): DecryptParameters {
   return { privkeys: keys, 'privkeys-passwords': keys.map(() => null), x509s: certs };
 }
-/** The ocicrypt layer cipher (spec §4): HMAC-SHA256 over the ciphertext, AES-256-CTR with the nonce as counter block. */
+/** The ocicrypt layer cipher: HMAC-SHA256 over the ciphertext, AES-256-CTR with the nonce as counter block. */
 function decryptLayerBlob(blob: Buffer, privopts: Buffer, pubopts: string): Buffer {
   const priv = JSON.parse(privopts.toString('utf8'));
   const key = Buffer.from(priv.symkey, 'base64');

@@ -1,6 +1,6 @@
 /**
  * An in-memory configfs-tsm that behaves like the kernel's `drivers/virt/coco/guest/report.c` plus the
- * tdx_guest / sev_guest providers (tee-guest-devices.md §1.2–1.3), modelled on go-configfs-tsm's faketsm:
+ * tdx_guest / sev_guest providers (–1.3), modelled on go-configfs-tsm's faketsm:
  *  - mkdir creates an entry (ENXIO without a provider); rmdir removes it;
  *  - `inblob` writes are committed at close: > 64 bytes fail at write() with EFBIG, a refused commit (EBUSY) is
  *    invisible to the writer; every committed write advances `generation`;

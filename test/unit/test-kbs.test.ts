@@ -1,7 +1,7 @@
 /**
  * Pins the test KBS's own strictness (it stands in for trustee, so a lenient double would let client bugs
- * through). The client here is built by hand in the test — hashed strings are written out literally as in
- * kbs-protocol.md §4.2/§4.3, not produced by the server's canonicaliser.
+ * through). The client here is built by hand in the test — hashed strings are written out literally, as trustee's
+ * `serialize_canon_json` produces them, not by the server's canonicaliser.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createHash, generateKeyPairSync, type KeyObject } from 'node:crypto';
@@ -21,7 +21,7 @@ const KEK = Buffer.from('00112233445566778899aabbccddeeff00112233445566778899aab
 
 interface ClientKey {
   privateKey: KeyObject;
-  /** Exactly the typed members trustee keeps (§4.1). */
+  /** Exactly the typed members trustee keeps. */
   jwk: Record<string, string>;
   /** The hashed `tee-pubkey` JSON text, members in sorted order, written out by hand. */
   canonicalText: string;
@@ -47,7 +47,7 @@ function rsaKey(alg = 'RSA-OAEP-256'): ClientKey {
   };
 }
 
-/** §4.2: SHA-384 of `{"additional-evidence":AE,"nonce":N,"tee-pubkey":PK}` (0.4.0) or `{"nonce","tee-pubkey"}` (0.2.0). */
+/**: SHA-384 of `{"additional-evidence":AE,"nonce":N,"tee-pubkey":PK}` (0.4.0) or `{"nonce","tee-pubkey"}` (0.2.0). */
 function reportData(nonce: string, key: ClientKey, dialect: '0.4.0' | '0.2.0' = '0.4.0', additional = ''): Buffer {
   const text =
     dialect === '0.4.0'
@@ -114,7 +114,7 @@ const ATTEST_FAILED = 'Attestation error: RCAR handshake Attest failed';
 
 // ---------- tests ----------
 
-describe('canonical JSON (§4.2)', () => {
+describe('canonical JSON', () => {
   it('matches the attestation-service unit vector', () => {
     const value = { b: 1, a: 'test', c: { d: 'e' } };
     expect(canonicalJson(value)).toBe('{"a":"test","b":1,"c":{"d":"e"}}');

@@ -1,7 +1,7 @@
 /**
  * containerd's view of its configuration, as far as coco-decoder cares: the stream processors and the CRI plugin
  * sections after `imports` are followed and merged the way containerd does it (`LoadConfig` in
- * cmd/containerd/server/config/config.go; ocicrypt-and-ctd-decoder.md §3):
+ * cmd/containerd/server/config/config.go):
  *   - the main file first, then its imports breadth-first (each file once); an import is cleaned, made relative to
  *     the importing file's directory, and globbed when it contains `*` (a glob matching nothing is fine, a missing
  *     plain path stops containerd);

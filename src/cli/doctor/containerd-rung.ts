@@ -3,7 +3,7 @@
  *   containerd: each encrypted media type is accepted by exactly one stream processor, under an ID containerd
  *     passes fd 3 to, returning a media type containerd can continue with, whose `path` is a working coco-decoder;
  *   cri: the CRI plugin is enabled and sends the payload (`image_decryption.key_model = "node"`; containerd 2.x
- *     only on local pulls, and not at all in 2.0.x–2.1.6 / 2.2.0–2.2.1: ocicrypt-and-ctd-decoder.md §3.5).
+ *     only on local pulls, and not at all in 2.0.x–2.1.6 / 2.2.0–2.2.1: CRI `use_local_image_pull`).
  */
 import { relative, dirname } from 'node:path';
 import { describeError } from '../../util/errors.js';
@@ -25,7 +25,7 @@ import type { RungResult } from './rung.js';
 const LAYER = 'application/vnd.oci.image.layer.v1.tar';
 const ENCRYPTED = [
   { type: `${LAYER}+gzip+encrypted`, returns: [`${LAYER}+gzip`, `${LAYER}+zstd`] },
-  // containerd detects the real compression by magic number, so zstd output may be declared as gzip (§3.4).
+  // containerd detects the real compression by magic number, so zstd output may be declared as gzip (imgcrypt `PayloadToolIDs`).
   { type: `${LAYER}+zstd+encrypted`, returns: [`${LAYER}+gzip`, `${LAYER}+zstd`] },
   { type: `${LAYER}+encrypted`, returns: [LAYER, `${LAYER}+gzip`, `${LAYER}+zstd`] },
 ] as const;
@@ -202,7 +202,7 @@ function decoderConfigOf(p: StreamProcessor): string | undefined {
   return undefined;
 }
 
-/** The processor ID a media type belongs under: compressed layers share the .tar.gzip one (§3.4). */
+/** The processor ID a media type belongs under: compressed layers share the .tar.gzip one (imgcrypt `PayloadToolIDs`). */
 function homeId(mediaType: string): string {
   return mediaType === `${LAYER}+encrypted` ? TAR_DECODER_ID : GZIP_DECODER_ID;
 }

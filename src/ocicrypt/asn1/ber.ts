@@ -1,7 +1,7 @@
 /**
  * A small BER TLV reader: just what PKCS#7 EnvelopedData and X.509 issuer/serial matching need.
  *
- * Hand-written rather than a library because ocicrypt's PKCS#7 output is not DER (§5.2 of the spec: the GCM
+ * Hand-written rather than a library because ocicrypt's PKCS#7 output is not DER (smallstep/pkcs7 `encrypt.go`: the GCM
  * parameters sit under a *primitive* 0x10 tag wrapping a full SEQUENCE, and the nonce is tagged 0x84), which
  * standard ASN.1 parsers reject. The reader is strict about structure (every length is bounds-checked, no
  * trailing bytes where exactly one element is expected, bounded nesting) and lenient only where BER allows it

@@ -1,5 +1,5 @@
 /**
- * Loads `--decryption-keys-path` (ctd-decoder `getDecryptionKeys` + ocicrypt `SortDecryptionKeys`, spec §2.4)
+ * Loads `--decryption-keys-path` (ctd-decoder `getDecryptionKeys` + ocicrypt `SortDecryptionKeys`)
  * into DecryptConfig parameters: every regular file is sorted into `privkeys` (+ a `null` password),
  * `x509s`, `gpg-privatekeys` or `pkcs11-yamls`, in lexical path order.
  *

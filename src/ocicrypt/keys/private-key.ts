@@ -1,5 +1,5 @@
 /**
- * Private-key parsing as ocicrypt's `utils.ParsePrivateKey` does it (spec §5.1 table), plus what users expect:
+ * Private-key parsing as ocicrypt's `utils.ParsePrivateKey` does it, plus what users expect:
  *
  *   1. DER: PKCS#8, PKCS#1, SEC1 (in that order, as upstream)
  *   2. PEM (first block): legacy encrypted PEM (`Proc-Type: 4,ENCRYPTED`) needs the password; then PKCS#8,

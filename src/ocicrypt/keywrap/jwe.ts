@@ -1,5 +1,5 @@
 /**
- * The `jwe` key-wrap scheme (ocicrypt `keywrap/jwe`, spec §5.1): the annotation entry is a JWE (general or
+ * The `jwe` key-wrap scheme (ocicrypt `keywrap/jwe`): the annotation entry is a JWE (general or
  * flattened JSON, or compact) whose plaintext is the privopts JSON. Decryption is delegated to `jose`, with
  * the same algorithm allow-lists as ocicrypt's `jose.ParseEncrypted` call.
  */

@@ -41,7 +41,7 @@ export interface StreamProcessorSpec {
 }
 
 /**
- * The two processors imgcrypt hands payloads to (only these ids get fd 3, see spec §3.4): zstd rides on the
+ * The two processors imgcrypt hands payloads to (only these ids get fd 3: imgcrypt `PayloadToolIDs`): zstd rides on the
  * `.tar.gzip` id, whose output containerd decompresses by magic bytes.
  */
 export function ocicryptStreamProcessors(decoderPath: string, args: string[] = [], env: string[] = []): StreamProcessorSpec[] {
