@@ -8,7 +8,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { chmod, lstat, mkdir, open, rename, statfs, unlink } from 'node:fs/promises';
+import { chmod, lstat, mkdir, open, rename, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { TeeKeyAlgorithm, TeeSelection } from '../config/types.js';
 import type { SessionCookie } from './client.js';
@@ -17,6 +17,7 @@ import { isObject } from '../util/is-object.js';
 import type { ProtocolVersion } from './protocol.js';
 import { exportTeePrivateKey, importTeeKeyPair } from './tee-key.js';
 import type { TeeKeyPair } from './tee-key.js';
+import { inspectCacheDir } from './cache-dir.js';
 
 export interface CacheScope {
   kbsUrl: string;
@@ -48,8 +49,6 @@ export interface TokenCacheOptions {
 
 const FORMAT = 1;
 const MAX_FILE_BYTES = MAX_TOKEN_LENGTH + 64 * 1024;
-const TMPFS_MAGIC = 0x01021994;
-const RAMFS_MAGIC = 0x858458f6;
 
 export class TokenCache {
   private constructor(
@@ -65,29 +64,31 @@ export class TokenCache {
   static async open(opts: TokenCacheOptions): Promise<TokenCache | undefined> {
     const uid = expectedUid();
     const dir = opts.dir;
+    let state;
     try {
       await makeDir(dir, 0);
-      const st = await lstat(dir);
-      if (!st.isDirectory()) {
-        opts.onWarning(`token cache disabled: cache.dir ${dir} is not a directory`);
-        return undefined;
-      }
-      if (st.uid !== uid) {
-        opts.onWarning(`token cache disabled: cache.dir ${dir} is owned by uid ${st.uid}, not ${uid}`);
-        return undefined;
-      }
-      if ((st.mode & 0o777) !== 0o700) await chmod(dir, 0o700);
+      state = await inspectCacheDir(dir, uid);
+      if (state.state === 'usable' && (state.mode & 0o777) !== 0o700) await chmod(dir, 0o700);
     } catch (err) {
       opts.onWarning(`token cache disabled: cannot prepare cache.dir ${dir} (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
       return undefined;
     }
-    try {
-      const fs = await statfs(dir);
-      if (fs.type !== TMPFS_MAGIC && fs.type !== RAMFS_MAGIC) {
-        opts.onWarning(`cache.dir ${dir} is not on tmpfs: the attestation key is being written to persistent storage`);
-      }
-    } catch {
-      // statfs is advisory only.
+    if (state.state !== 'usable') {
+      const why =
+        state.state === 'missing'
+          ? 'it vanished while being created'
+          : state.reason === 'foreign-owner'
+            ? `it is owned by uid ${state.ownerUid}, not ${uid}`
+            : state.reason === 'symlink'
+              ? 'it is a symbolic link'
+              : state.reason === 'not-a-directory'
+                ? 'it is not a directory'
+                : `it cannot be inspected (${state.code})`;
+      opts.onWarning(`token cache disabled: cache.dir ${dir}: ${why}`);
+      return undefined;
+    }
+    if (state.tmpfs === false) {
+      opts.onWarning(`cache.dir ${dir} is not on tmpfs: the attestation key is being written to persistent storage`);
     }
     return new TokenCache(opts, uid);
   }

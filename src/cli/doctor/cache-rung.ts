@@ -1,53 +1,43 @@
 /**
- * Rung 8: the token cache directory is what the decoder's token cache accepts (src/kbs/token-cache.ts): a real
- * directory (no symlink) owned by the user the decoder runs as (root under containerd), mode 0700, on tmpfs, since
- * it holds the private key the attestation token is bound to. A missing directory is fine if it can be created.
+ * Rung 8: the token cache directory, judged by the token cache's own rules (src/kbs/cache-dir.ts): what the
+ * decoder refuses fails here, what it fixes by itself (a mode other than 0700 on a directory it owns) passes with a
+ * note, and not being on tmpfs fails (the token's private key would reach persistent storage). A missing
+ * directory is fine if it can be created.
  */
 import { constants, statfsSync } from 'node:fs';
 import { access, lstat } from 'node:fs/promises';
-import type { Stats } from 'node:fs';
 import { dirname } from 'node:path';
+import { inspectCacheDir, isTmpfs } from '../../kbs/cache-dir.js';
 import { fail, pass } from './rung.js';
 import type { RungResult } from './rung.js';
 
-const TMPFS_MAGIC = 0x01021994;
-const RAMFS_MAGIC = 0x858458f6;
 const TMPFS_FIX = 'point cache.dir at a directory on tmpfs (/run is tmpfs on systemd hosts) or mount one there: mount -t tmpfs -o mode=0700 tmpfs <dir>';
 
 export async function checkCache(dir: string, fromConfig: boolean): Promise<RungResult> {
   const uid = process.getuid?.() ?? 0;
   const owner = uid === 0 ? 'root' : `uid ${uid} (the user running this check)`;
   const label = fromConfig ? dir : `${dir} (default; the config could not be read)`;
-  let st: Stats;
-  try {
-    st = await lstat(dir);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
-      return fail('cache', `${label}: cannot inspect (${(err as NodeJS.ErrnoException).code ?? String(err)})`, `make ${dir} accessible to ${owner}`);
+  const st = await inspectCacheDir(dir, uid);
+  if (st.state === 'missing') return missing(dir, label, owner);
+  if (st.state === 'refused') {
+    switch (st.reason) {
+      case 'unreadable':
+        return fail('cache', `${label}: cannot inspect (${st.code})`, `make ${dir} accessible to ${owner}`);
+      case 'symlink':
+        return fail('cache', `${label} is a symbolic link: the decoder refuses it and works without a token cache`, `replace it with a real directory: install -d -m 0700 -o root ${dir}`);
+      case 'not-a-directory':
+        return fail('cache', `${label} is not a directory`, `remove it and run: install -d -m 0700 -o root ${dir}`);
+      case 'foreign-owner':
+        return fail('cache', `${label}: owned by uid ${st.ownerUid}, not ${owner}: the decoder works without a token cache (every layer attests)`, `chown ${uid} ${dir}`);
     }
-    return missing(dir, label, owner);
   }
-  if (st.isSymbolicLink()) {
-    return fail('cache', `${label} is a symbolic link: the decoder refuses it and works without a token cache`, `replace it with a real directory: install -d -m 0700 -o root ${dir}`);
+  if (st.tmpfs === false) {
+    return fail('cache', `${label}: not on tmpfs (filesystem type 0x${st.fsType!.toString(16)}): the token's private key would reach persistent storage`, TMPFS_FIX);
   }
-  if (!st.isDirectory()) return fail('cache', `${label} is not a directory`, `remove it and run: install -d -m 0700 -o root ${dir}`);
-  const problems: string[] = [];
-  const fixes: string[] = [];
-  if (st.uid !== uid) {
-    problems.push(`owned by uid ${st.uid}, not ${owner}: the decoder works without a token cache (every layer attests)`);
-    fixes.push(`chown ${uid} ${dir}`);
+  const mode = (st.mode & 0o7777).toString(8).padStart(4, '0');
+  if ((st.mode & 0o7777) !== 0o700) {
+    return pass('cache', `${label}: directory owned by ${owner}, on tmpfs; mode ${mode}, which the decoder tightens to 0700 when it first uses it`);
   }
-  const mode = st.mode & 0o7777;
-  if (mode !== 0o700) {
-    problems.push(`mode ${mode.toString(8).padStart(4, '0')}, expected 0700 (it holds the private key bound to the attestation token)`);
-    fixes.push(`chmod 0700 ${dir}`);
-  }
-  const fs = filesystem(dir);
-  if (fs !== undefined && !fs.tmpfs) {
-    problems.push(`not on tmpfs (filesystem type 0x${fs.type.toString(16)}): the token's private key would reach persistent storage`);
-    fixes.push(TMPFS_FIX);
-  }
-  if (problems.length > 0) return fail('cache', `${label}: ${problems.join('; ')}`, fixes.join('; '));
   return pass('cache', `${label}: directory owned by ${owner}, mode 0700, on tmpfs`);
 }
 
@@ -74,7 +64,7 @@ async function missing(dir: string, label: string, owner: string): Promise<RungR
 function filesystem(path: string): { type: number; tmpfs: boolean } | undefined {
   try {
     const type = Number(statfsSync(path).type);
-    return { type, tmpfs: type === TMPFS_MAGIC || type === RAMFS_MAGIC };
+    return { type, tmpfs: isTmpfs(type) };
   } catch {
     return undefined;
   }
