@@ -5,14 +5,15 @@
  * bounded, control-free line on stderr; never a hang. Each run is a process start, so the count stays small in
  * `npm test` (FUZZ_RUNS scales it for `npm run fuzz`).
  */
-import { createCipheriv, createHash, createHmac, generateKeyPairSync, randomBytes } from 'node:crypto';
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { locateDecoder } from '../helpers/decoder-binary.js';
-import { privateOptionsJson, publicOptionsJson, wrapForAttestationAgent, wrapJwe } from '../helpers/encrypt-image.js';
+import { privateOptionsJson, wrapForAttestationAgent, wrapJwe } from '../helpers/encrypt-image.js';
+import { encryptTestLayer, testLayerDescriptor } from '../helpers/encrypted-layer.js';
 import { encodePayload, type PayloadDescriptor } from '../helpers/payload.js';
 import { runDecoder } from '../helpers/run-decoder.js';
 import { startTestKbs, type TestKbs } from '../kbs/server.js';
@@ -20,7 +21,6 @@ import { startTestKbs, type TestKbs } from '../kbs/server.js';
 const RUNS = Math.max(1, Math.floor(Number(process.env['FUZZ_RUNS'] ?? 600) / 30));
 const SEED = process.env['FUZZ_SEED'] !== undefined ? Number(process.env['FUZZ_SEED']) : process.env['FUZZ_RUNS'] ? undefined : 20261202;
 const params = { numRuns: RUNS, ...(SEED !== undefined ? { seed: SEED } : {}) };
-const GZ_ENC = 'application/vnd.oci.image.layer.v1.tar+gzip+encrypted';
 const KID = 'kbs:///default/image-kek/fuzz';
 const KEK = randomBytes(32);
 // eslint-disable-next-line no-control-regex
@@ -36,19 +36,8 @@ let jwe: { descriptor: PayloadDescriptor; ciphertext: Buffer; plaintext: Buffer 
 
 function layer(annotations: (key: Buffer, nonce: Buffer) => Promise<Record<string, string>>) {
   return async () => {
-    const plaintext = randomBytes(30_000);
-    const key = randomBytes(32);
-    const nonce = randomBytes(16);
-    const c = createCipheriv('aes-256-ctr', key, nonce);
-    const ciphertext = Buffer.concat([c.update(plaintext), c.final()]);
-    const hmac = createHmac('sha256', key).update(ciphertext).digest();
-    const descriptor: PayloadDescriptor = {
-      mediaType: GZ_ENC,
-      digest: `sha256:${createHash('sha256').update(ciphertext).digest('hex')}`,
-      size: ciphertext.length,
-      annotations: { 'org.opencontainers.image.enc.pubopts': publicOptionsJson(hmac).toString('base64'), ...(await annotations(key, nonce)) },
-    };
-    return { descriptor, ciphertext, plaintext };
+    const c = encryptTestLayer(30_000);
+    return { descriptor: testLayerDescriptor(c, await annotations(c.key, c.nonce)), ciphertext: c.ciphertext, plaintext: c.plaintext };
   };
 }
 

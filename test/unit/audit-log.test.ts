@@ -5,7 +5,7 @@
  * token-from-cache flag for KBS keys.
  */
 import { spawn } from 'node:child_process';
-import { createCipheriv, createHash, createHmac, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,11 +13,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { formatAuditRecord, writeAudit } from '../../src/util/audit.js';
 import type { AuditRecord } from '../../src/util/audit.js';
 import { createLogger, formatFields } from '../../src/util/log.js';
-import { privateOptionsJson, publicOptionsJson, wrapForAttestationAgent } from '../helpers/encrypt-image.js';
+import { privateOptionsJson, wrapForAttestationAgent } from '../helpers/encrypt-image.js';
 import { runDecoder } from '../helpers/run-decoder.js';
 import type { PayloadDescriptor } from '../helpers/payload.js';
 import { startTestKbs } from '../kbs/server.js';
 import type { TestKbs } from '../kbs/server.js';
+import { encryptTestLayer, testLayerDescriptor } from '../helpers/encrypted-layer.js';
 
 const ROOT = join(import.meta.dirname, '../..');
 const FIX = join(ROOT, 'test/fixtures');
@@ -231,25 +232,12 @@ interface Layer {
 
 /** An attestation-agent layer as coco_keyprovider wraps it (AES-256-GCM under the KBS KEK). */
 function aaLayer(kid: string, kek: Buffer): Layer {
-  const plaintext = randomBytes(70_000);
-  const key = randomBytes(32);
-  const nonce = randomBytes(16);
-  const c = createCipheriv('aes-256-ctr', key, nonce);
-  const ciphertext = Buffer.concat([c.update(plaintext), c.final()]);
-  const hmac = createHmac('sha256', key).update(ciphertext).digest();
-  const packet = wrapForAttestationAgent(privateOptionsJson(key, '', nonce), kid, kek);
+  const c = encryptTestLayer(70_000);
+  const packet = wrapForAttestationAgent(privateOptionsJson(c.key, '', c.nonce), kid, kek);
   return {
-    plaintext,
-    ciphertext,
-    descriptor: {
-      mediaType: GZ_ENC,
-      digest: `sha256:${createHash('sha256').update(ciphertext).digest('hex')}`,
-      size: ciphertext.length,
-      annotations: {
-        'org.opencontainers.image.enc.keys.provider.attestation-agent': Buffer.from(packet).toString('base64'),
-        'org.opencontainers.image.enc.pubopts': publicOptionsJson(hmac).toString('base64'),
-      },
-    },
+    plaintext: c.plaintext,
+    ciphertext: c.ciphertext,
+    descriptor: testLayerDescriptor(c, { 'org.opencontainers.image.enc.keys.provider.attestation-agent': Buffer.from(packet).toString('base64') }),
   };
 }
 

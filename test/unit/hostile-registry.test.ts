@@ -4,18 +4,18 @@
  * no relabelled wrap type, one fixed message after a key was unwrapped, no nonce from pubopts, no MAC oracle,
  * bounded fan-out to the KBS, and a bounded, control-free error line.
  */
-import { createCipheriv, createDecipheriv, createHash, createHmac, generateKeyPairSync, randomBytes } from 'node:crypto';
+import { createDecipheriv, createHash, createHmac, generateKeyPairSync, randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { locateDecoder } from '../helpers/decoder-binary.js';
-import { privateOptionsJson, publicOptionsJson, wrapForAttestationAgent, wrapJwe } from '../helpers/encrypt-image.js';
+import { privateOptionsJson, wrapForAttestationAgent, wrapJwe } from '../helpers/encrypt-image.js';
+import { encryptTestLayer, testLayerDescriptor } from '../helpers/encrypted-layer.js';
 import type { PayloadDescriptor } from '../helpers/payload.js';
 import { runDecoder } from '../helpers/run-decoder.js';
 import { startTestKbs, type TestKbs } from '../kbs/server.js';
 
-const GZ_ENC = 'application/vnd.oci.image.layer.v1.tar+gzip+encrypted';
 const AA = 'org.opencontainers.image.enc.keys.provider.attestation-agent';
 const JWE = 'org.opencontainers.image.enc.keys.jwe';
 const PUBOPTS = 'org.opencontainers.image.enc.pubopts';
@@ -39,24 +39,8 @@ interface Layer {
 }
 
 function layer(annotations: (l: { key: Buffer; nonce: Buffer; hmac: Buffer; plaintext: Buffer }) => Record<string, string>, size = 20_000): Layer {
-  const plaintext = randomBytes(size);
-  const key = randomBytes(32);
-  const nonce = randomBytes(16);
-  const c = createCipheriv('aes-256-ctr', key, nonce);
-  const ciphertext = Buffer.concat([c.update(plaintext), c.final()]);
-  const hmac = createHmac('sha256', key).update(ciphertext).digest();
-  return {
-    plaintext,
-    ciphertext,
-    key,
-    nonce,
-    descriptor: {
-      mediaType: GZ_ENC,
-      digest: `sha256:${createHash('sha256').update(ciphertext).digest('hex')}`,
-      size: ciphertext.length,
-      annotations: { [PUBOPTS]: publicOptionsJson(hmac).toString('base64'), ...annotations({ key, nonce, hmac, plaintext }) },
-    },
-  };
+  const c = encryptTestLayer(size);
+  return { ...c, descriptor: testLayerDescriptor(c, annotations(c)) };
 }
 
 const b64 = (s: string | Buffer): string => Buffer.from(s).toString('base64');

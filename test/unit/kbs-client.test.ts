@@ -300,6 +300,22 @@ describe('failures: retries, deadlines and actionable messages', () => {
   });
 });
 
+/** One key fetch in a fresh process (kbs-child.ts), with extra node flags and environment (process-wide trust stores). */
+async function fetchInChild(config: Config, nodeArgs: string[], env: NodeJS.ProcessEnv): Promise<{ result: unknown; out: string }> {
+  const child = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', join(import.meta.dirname, 'kbs-child.ts'), JSON.stringify(config), KID], {
+    cwd: join(import.meta.dirname, '..', '..'),
+    env: { ...process.env, ...env },
+    timeout: 25_000,
+  });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => {
+    out += d.toString();
+    if (out === 'ready\n') child.stdin.end('go\n');
+  });
+  await new Promise((resolve) => child.on('close', resolve));
+  return { result: JSON.parse(out.split('\n')[1] ?? '{}'), out };
+}
+
 describe('HTTPS', () => {
   let pkiDir: string;
   let pki: TestPki;
@@ -337,18 +353,7 @@ describe('HTTPS', () => {
     const k = await startKbs({ tls: { cert: pki.otherCertPem, key: pki.otherKeyPem } });
     const config = testConfig(k.url, cacheDir(), (c) => (c.kbs.cert = pki.caFile));
     const { args, env } = setup(pki.otherCaFile);
-    const child = spawn(process.execPath, [...args, '--import', 'tsx', join(import.meta.dirname, 'kbs-child.ts'), JSON.stringify(config), KID], {
-      cwd: join(import.meta.dirname, '..', '..'),
-      env: { ...process.env, ...env },
-      timeout: 25_000,
-    });
-    let out = '';
-    child.stdout.on('data', (d: Buffer) => {
-      out += d.toString();
-      if (out === 'ready\n') child.stdin.end('go\n');
-    });
-    await new Promise((resolve) => child.on('close', resolve));
-    const result = JSON.parse(out.split('\n')[1] ?? '{}');
+    const { result, out } = await fetchInChild(config, args, env);
     expect(result, out).toMatchObject({ ok: true, attested: true });
   }, 30_000);
 
@@ -358,18 +363,8 @@ describe('HTTPS', () => {
       c.kbs.cert = pki.caFile;
       c.kbs.certOnly = true;
     });
-    const child = spawn(process.execPath, ['--import', 'tsx', join(import.meta.dirname, 'kbs-child.ts'), JSON.stringify(pinned), KID], {
-      cwd: join(import.meta.dirname, '..', '..'),
-      env: { ...process.env, NODE_EXTRA_CA_CERTS: pki.otherCaFile },
-      timeout: 25_000,
-    });
-    let out = '';
-    child.stdout.on('data', (d: Buffer) => {
-      out += d.toString();
-      if (out === 'ready\n') child.stdin.end('go\n');
-    });
-    await new Promise((resolve) => child.on('close', resolve));
-    expect(JSON.parse(out.split('\n')[1] ?? '{}'), out).toMatchObject({ ok: false });
+    const { result, out } = await fetchInChild(pinned, [], { NODE_EXTRA_CA_CERTS: pki.otherCaFile });
+    expect(result, out).toMatchObject({ ok: false });
     expect(other.counters.auth).toBe(0);
 
     const ours = await startKbs({ tls: { cert: pki.certPem, key: pki.keyPem } });

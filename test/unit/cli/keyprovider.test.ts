@@ -5,7 +5,7 @@
  * for malformed requests. The KBS is the test KBS on loopback.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { createCipheriv, createHash, createHmac, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { locateDecoder } from '../../helpers/decoder-binary.js';
-import { publicOptionsJson } from '../../helpers/encrypt-image.js';
+import { encryptTestLayer, testLayerDescriptor } from '../../helpers/encrypted-layer.js';
 import type { PayloadDescriptor } from '../../helpers/payload.js';
 import { runDecoder } from '../../helpers/run-decoder.js';
 import { startTestKbs, type TestKbs } from '../../kbs/server.js';
@@ -65,25 +65,9 @@ const unwrapRequest = (annotation: Buffer): Buffer =>
 
 /** A layer whose key only an attestation-agent provider can unwrap (the packet made by our own keyprovider). */
 function layerFor(annotationB64: (privopts: Buffer) => string): { descriptor: PayloadDescriptor; ciphertext: Buffer; plaintext: Buffer } {
-  const plaintext = randomBytes(10_000);
-  const key = randomBytes(32);
-  const nonce = randomBytes(16);
-  const c = createCipheriv('aes-256-ctr', key, nonce);
-  const ciphertext = Buffer.concat([c.update(plaintext), c.final()]);
-  const privopts = Buffer.from(JSON.stringify({ symkey: key.toString('base64'), digest: '', cipheroptions: { nonce: nonce.toString('base64') } }));
-  return {
-    plaintext,
-    ciphertext,
-    descriptor: {
-      mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip+encrypted',
-      digest: `sha256:${createHash('sha256').update(ciphertext).digest('hex')}`,
-      size: ciphertext.length,
-      annotations: {
-        [AA]: annotationB64(privopts),
-        'org.opencontainers.image.enc.pubopts': publicOptionsJson(createHmac('sha256', key).update(ciphertext).digest()).toString('base64'),
-      },
-    },
-  };
+  const c = encryptTestLayer(10_000);
+  const privopts = Buffer.from(JSON.stringify({ symkey: c.key.toString('base64'), digest: '', cipheroptions: { nonce: c.nonce.toString('base64') } }));
+  return { plaintext: c.plaintext, ciphertext: c.ciphertext, descriptor: testLayerDescriptor(c, { [AA]: annotationB64(privopts) }) };
 }
 
 function wrappedByProvider(privopts: Buffer): string {
