@@ -9,6 +9,8 @@
  *     to a private `mkdtemp` directory and `process.dlopen`ed (the file is deleted right after; the mapping
  *     stays). A `noexec` temp directory makes that fail: the error names the fixes;
  *  3. outside a SEA (development, tests): `native/build/Release/tee.node` in the repository.
+ *
+ * The serialised, typed calls are in native-calls.ts, the classification of their failures in native-errors.ts.
  */
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { constants as osConstants, tmpdir } from 'node:os';
@@ -17,6 +19,9 @@ import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import type { AttestationConfig } from '../config/types.js';
 import { DecoderError } from '../util/errors.js';
+
+export { classifyDeviceError, TeeDeviceError, type TeeDeviceErrorKind } from './native-errors.js';
+export { SNP_DEFAULT_CERTS_LEN, SNP_MSG_VERSION, snpGetExtReport, snpGetReport, tdxGetReport0 } from './native-calls.js';
 
 /** Bumped in native/src/tee.cc whenever the exported functions change shape. */
 export const ADDON_ABI_VERSION = 2;
@@ -44,14 +49,6 @@ export const UAPI_LAYOUT = {
   offsetof_snp_guest_request_ioctl_exitinfo2: 24,
 } as const;
 
-/** `msg_version` for report requests: what the kernel's own TSM path and sev-rs (guest-components) send. */
-export const SNP_MSG_VERSION = 1;
-/** Upstream `SEV_FW_BLOB_MAX_SIZE`: the first certificate buffer offered; the kernel asks for more if needed. */
-export const SNP_DEFAULT_CERTS_LEN = 0x4000;
-/** `SNP_GUEST_VMM_ERR_INVALID_LEN` / `_BUSY` (in `vmm_error`, the upper half of `exitinfo2`). */
-const SNP_VMM_ERR_INVALID_LEN = 1;
-const SNP_VMM_ERR_BUSY = 2;
-
 /** The raw addon surface (native/src/tee.cc `Init`). */
 export interface TeeAddon {
   readonly abiVersion: number;
@@ -71,42 +68,6 @@ export interface TeeAddon {
 
 /** The addon could not be found or loaded. */
 export class AddonLoadError extends DecoderError {
-}
-
-export type TeeDeviceErrorKind =
-  | 'TEE_DEVICE_MISSING'
-  | 'TEE_PERMISSION'
-  | 'TEE_BAD_IOCTL'
-  | 'TEE_BUSY'
-  | 'TEE_IO'
-  | 'TDX_REPORT_FAILED'
-  | 'SNP_BAD_REQUEST'
-  | 'SNP_CERTS_TOO_SMALL'
-  | 'SNP_FIRMWARE_ERROR'
-  | 'SNP_VMPCK_DISABLED'
-  | 'SNP_REPORT_STATUS';
-
-/** A failed ioctl request, classified (errno meanings from the Linux sev-guest and tdx-guest drivers) with the raw codes kept for operators. */
-export class TeeDeviceError extends DecoderError {
-  constructor(
-    message: string,
-    readonly kind: TeeDeviceErrorKind,
-    readonly details: {
-      op: string;
-      path: string;
-      errno?: number;
-      code?: string;
-      syscall?: string;
-      fwError?: number;
-      vmmError?: number;
-      exitinfo2?: string;
-      requiredCertsLen?: number;
-      status?: number;
-    },
-    cause?: unknown,
-  ) {
-    super(message, { cause });
-  }
 }
 
 /** Seams for tests; production uses the defaults. */
@@ -244,164 +205,4 @@ function devAddonPath(): string | undefined {
   } catch {
     return undefined;
   }
-}
-
-// ---- serialised, typed calls ----
-
-/** At most one ioctl in flight per process, so a 30–60 s firmware call occupies one libuv thread, not four. */
-let queue: Promise<unknown> = Promise.resolve();
-function serialised<T>(fn: () => Promise<T>): Promise<T> {
-  const run = queue.then(fn, fn);
-  queue = run.then(
-    () => undefined,
-    () => undefined,
-  );
-  return run;
-}
-
-/** `TDX_CMD_GET_REPORT0`: the 1024-byte TDREPORT for `reportData` (64 bytes). */
-export function tdxGetReport0(addon: TeeAddon, device: string, reportData: Buffer): Promise<Buffer> {
-  return serialised(() => addon.tdxGetReport0(device, reportData)).catch((err: unknown) => {
-    throw classifyDeviceError(err);
-  });
-}
-
-/** `SNP_GET_REPORT`: the 4000-byte `MSG_REPORT_RSP` (status already checked by the addon). */
-export async function snpGetReport(addon: TeeAddon, device: string, userData: Buffer, vmpl: number): Promise<Buffer> {
-  try {
-    return (await serialised(() => addon.snpGetReport(device, userData, vmpl, SNP_MSG_VERSION))).response;
-  } catch (err) {
-    throw classifyDeviceError(err);
-  }
-}
-
-/** `SNP_GET_EXT_REPORT`: response plus the host's certificate table (zeros/empty when the host has none). */
-export async function snpGetExtReport(
-  addon: TeeAddon,
-  device: string,
-  userData: Buffer,
-  vmpl: number,
-  certsLen = SNP_DEFAULT_CERTS_LEN,
-): Promise<{ response: Buffer; certs: Buffer }> {
-  try {
-    return await serialised(() => addon.snpGetExtReport(device, userData, vmpl, SNP_MSG_VERSION, certsLen));
-  } catch (err) {
-    throw classifyDeviceError(err);
-  }
-}
-
-interface RawAddonError {
-  message?: string;
-  op?: string;
-  path?: string;
-  errno?: number;
-  syscall?: string;
-  code?: string;
-  fwError?: number;
-  vmmError?: number;
-  exitinfo2?: string;
-  requiredCertsLen?: number;
-  status?: number;
-}
-
-/** Maps the addon's raw rejection (errno + firmware/VMM words) to a {@link TeeDeviceError}. */
-export function classifyDeviceError(err: unknown): unknown {
-  if (!(err instanceof Error) || err instanceof DecoderError) return err;
-  const raw = err as Error & RawAddonError;
-  if (raw.op === undefined || raw.path === undefined) return err;
-  const op = raw.op;
-  const device = raw.path;
-  const code = raw.errno !== undefined ? errnoName(raw.errno) : raw.code;
-  const details = {
-    op,
-    path: device,
-    errno: raw.errno,
-    code,
-    syscall: raw.syscall,
-    fwError: raw.fwError,
-    vmmError: raw.vmmError,
-    exitinfo2: raw.exitinfo2,
-    requiredCertsLen: raw.requiredCertsLen,
-    status: raw.status,
-  };
-  const isSnp = op.startsWith('SNP_');
-  const fail = (kind: TeeDeviceErrorKind, text: string) =>
-    new TeeDeviceError(`${op} on ${device}: ${text}`, kind, details, err);
-
-  if (raw.code === 'SNP_REPORT_STATUS') {
-    return fail('SNP_REPORT_STATUS', `the firmware answered status ${hex32(raw.status ?? 0)} (${sevStatusName(raw.status ?? 0)})`);
-  }
-  if (raw.syscall === 'open') {
-    switch (code) {
-      case 'ENOENT':
-      case 'ENODEV':
-      case 'ENXIO':
-        return fail(
-          'TEE_DEVICE_MISSING',
-          `device not found (${code}): not a ${isSnp ? 'SEV-SNP' : 'TDX'} guest, the ${isSnp ? 'sev-guest' : 'tdx_guest'} driver is not loaded, or the device is not passed into this container`,
-        );
-      case 'EACCES':
-      case 'EPERM':
-        return fail('TEE_PERMISSION', `permission denied (${code}); run as root or grant access to ${device}`);
-      default:
-        return fail('TEE_IO', `open failed: ${code ?? 'unknown error'}`);
-    }
-  }
-  switch (code) {
-    case 'ENOTTY':
-      return isSnp
-        ? fail(
-            'SNP_VMPCK_DISABLED',
-            'ENOTTY: not a sev-guest device, or the kernel disabled the VMPCK after an earlier firmware error (reboot the guest)',
-          )
-        : fail('TEE_BAD_IOCTL', 'ENOTTY: the device does not implement TDX_CMD_GET_REPORT0 (not a tdx_guest device?)');
-    case 'EACCES':
-    case 'EPERM':
-      return fail('TEE_PERMISSION', `permission denied (${code})`);
-    case 'EAGAIN':
-    case 'ETIMEDOUT':
-    case 'EBUSY':
-      return fail('TEE_BUSY', `${code}: the host is busy or throttling guest requests; retry later`);
-    case 'EINVAL':
-      return isSnp
-        ? fail('SNP_BAD_REQUEST', 'EINVAL: request rejected by the kernel (message version, VMPL below the guest\'s, or certificate buffer size)')
-        : fail('TEE_IO', 'EINVAL: request rejected by the kernel');
-    case 'EIO':
-      if (!isSnp) return fail('TDX_REPORT_FAILED', 'EIO: the TDCALL TDG.MR.REPORT failed');
-      if (raw.vmmError === SNP_VMM_ERR_INVALID_LEN) {
-        return fail(
-          'SNP_CERTS_TOO_SMALL',
-          `EIO: the host's certificates need ${raw.requiredCertsLen ?? '?'} bytes, more than the kernel accepts`,
-        );
-      }
-      if (raw.vmmError === SNP_VMM_ERR_BUSY) return fail('TEE_BUSY', 'EIO: the host reported busy; retry later');
-      return fail(
-        'SNP_FIRMWARE_ERROR',
-        `EIO: firmware error ${hex32(raw.fwError ?? 0)} (${sevStatusName(raw.fwError ?? 0)}), VMM error ${hex32(raw.vmmError ?? 0)}`,
-      );
-    default:
-      return fail('TEE_IO', `${raw.syscall ?? 'ioctl'} failed: ${code ?? raw.message ?? 'unknown error'}`);
-  }
-}
-
-function errnoName(errno: number): string {
-  for (const [name, value] of Object.entries(osConstants.errno)) if (value === errno) return name;
-  return `errno ${errno}`;
-}
-
-function hex32(v: number): string {
-  return `0x${(v >>> 0).toString(16)}`;
-}
-
-/** The SEV firmware status codes a guest request can realistically return (uapi/linux/psp-sev.h). */
-function sevStatusName(status: number): string {
-  const names: Record<number, string> = {
-    0x0: 'SUCCESS',
-    0x7: 'INVALID_GUEST',
-    0x16: 'INVALID_PARAM',
-    0x17: 'RESOURCE_LIMIT',
-    0x1f: 'INVALID_ADDRESS',
-    0x27: 'INVALID_KEY',
-  };
-  return names[status] ?? 'unknown';
 }
