@@ -5,6 +5,7 @@
 #
 #   bash build/system-deps.sh build   # toolchain for `npm run build` (node-gyp addon, strip)
 #   bash build/system-deps.sh test    # build + everything the unit and E2E suites drive
+#   bash build/system-deps.sh bench   # test + the C reference loop's compiler and headers, GNU time
 #
 # Package installs must not start daemons: the tests run their own containerd and registry on private sockets and
 # ports. policy-rc.d (exit 101) is what invoke-rc.d and deb-systemd-invoke consult; only ours is removed again.
@@ -24,11 +25,17 @@ TEST_PACKAGES=(
 	swtpm swtpm-tools tpm2-tools                   # a real TPM 2.0 simulator for the Azure vTPM attester
 )
 
+BENCH_PACKAGES=(
+	gcc libssl-dev                                 # test/bench/evp-decode.c, the C reference loop
+	time                                           # GNU time: CPU and peak RSS of each run
+)
+
 case "$profile" in
 build) wanted=("${BUILD_PACKAGES[@]}") ;;
 test) wanted=("${BUILD_PACKAGES[@]}" "${TEST_PACKAGES[@]}") ;;
+bench) wanted=("${BUILD_PACKAGES[@]}" "${TEST_PACKAGES[@]}" "${BENCH_PACKAGES[@]}") ;;
 *)
-	echo "system-deps: unknown profile '${profile}' (build | test)" >&2
+	echo "system-deps: unknown profile '${profile}' (build | test | bench)" >&2
 	exit 2
 	;;
 esac
