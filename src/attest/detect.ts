@@ -8,6 +8,7 @@ import { promises as fsp } from 'node:fs';
 import type { AttestationConfig } from '../config/types.js';
 import type { TeeType } from './attester.js';
 import { tsmProbeProvider, type TsmFs } from './configfs-tsm.js';
+import { exists } from '../util/exists.js';
 
 /** Paths and seams beyond what the config carries (tests, unusual systems). */
 export interface DetectOptions {
@@ -55,12 +56,7 @@ export async function detectTee(config: AttestationConfig, options: DetectOption
   return undefined;
 }
 
-async function exists(p: string): Promise<boolean> {
-  return fsp.access(p).then(
-    () => true,
-    () => false,
-  );
-}
+
 
 async function readText(p: string): Promise<string | undefined> {
   return fsp.readFile(p, 'utf8').catch(() => undefined);

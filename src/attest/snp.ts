@@ -4,7 +4,6 @@
  * Report source: configfs-tsm (provider `sev_guest`, `privlevel` = VMPL, `auxblob` = certificate table) when
  * the kernel has it, otherwise `SNP_GET_EXT_REPORT` on /dev/sev-guest through the addon (kernels < 6.7).
  */
-import { promises as fsp } from 'node:fs';
 import type { AttestationConfig } from '../config/types.js';
 import type { Attester } from './attester.js';
 import { DecoderError } from '../util/errors.js';
@@ -20,6 +19,7 @@ import {
 } from './snp-report.js';
 import type { TeeAddon } from './native.js';
 import { abortable } from '../util/abortable.js';
+import { exists } from '../util/exists.js';
 
 /** Test seams. */
 export interface SnpAttesterOptions {
@@ -93,11 +93,4 @@ async function acquire(
   const addon = options.loadAddon ? await options.loadAddon() : loadTeeAddon(config);
   const { response, certs } = await snpGetExtReport(addon, config.sevGuestDevice, userData, vmpl);
   return { report: reportFromResponse(response), certs: parseSnpCertTable(certs) };
-}
-
-async function exists(p: string): Promise<boolean> {
-  return fsp.access(p).then(
-    () => true,
-    () => false,
-  );
 }

@@ -6,7 +6,6 @@
  */
 export { padReportData } from './report-data.js';
 export { readCcEventlog, trimCcel } from './ccel.js';
-import { promises as fsp } from 'node:fs';
 import type { AttestationConfig } from '../config/types.js';
 import type { Attester } from './attester.js';
 import { DecoderError } from '../util/errors.js';
@@ -15,6 +14,7 @@ import { readCcEventlog } from './ccel.js';
 import { padReportData } from './report-data.js';
 import { parseTdQuote, parseTdReport, type TdReport } from './tdx-quote.js';
 import { abortable } from '../util/abortable.js';
+import { exists } from '../util/exists.js';
 
 /** Test seams. */
 export interface TdxAttesterOptions {
@@ -86,11 +86,4 @@ export async function getTdReport(config: AttestationConfig, reportData: Uint8Ar
   const addon = loadTeeAddon(config);
   const raw = await tdxGetReport0(addon, config.tdxGuestDevice, padReportData(reportData, 'TDX'));
   return parseTdReport(raw);
-}
-
-async function exists(p: string): Promise<boolean> {
-  return fsp.access(p).then(
-    () => true,
-    () => false,
-  );
 }

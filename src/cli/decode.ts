@@ -11,15 +11,12 @@ import type { Config } from '../config/types.js';
 import type { LayerDecipher } from '../ocicrypt/layer-decipher.js';
 import type { DecryptParameters, UnwrapAudit } from '../ocicrypt/keywrap/keywrapper.js';
 import { mergeParameters, zeroParameters } from '../ocicrypt/decrypt-parameters.js';
-import { parseDecodeArgs, type DecodeArgs } from './decode-args.js';
-
-export { mergeParameters } from '../ocicrypt/decrypt-parameters.js';
-export { parseDecodeArgs, type DecodeArgs } from './decode-args.js';
 import { DecoderError, describeError } from '../util/errors.js';
 import { createLogger } from '../util/log.js';
 import { boundedLine, quoteUntrusted } from '../util/quote.js';
 import type { Logger } from '../util/log.js';
 import { VERSION } from '../version.js';
+import { parseDecodeArgs, type DecodeArgs } from './decode-args.js';
 
 /** argv[0] of the hidden stdout-holding mode (see hold-stdout.ts; that module is loaded only on failure). Not a user flag. */
 const HOLD_STDOUT_ARG = '__coco-decoder-hold-stdout';
@@ -163,7 +160,7 @@ async function decodeLayer(args: DecodeArgs, logger: Logger, configs: ConfigSour
   const early = await configs.early().catch(() => undefined);
   if (early && args.logLevel === undefined) logger.level = early.log.level;
   checkLayerMediaType(descriptor.mediaType);
-  layerPublicOptions(descriptor.annotations);
+  const publicOptions = layerPublicOptions(descriptor.annotations);
 
   let params = payload.params;
   if (args.keysPath !== undefined) {
@@ -204,6 +201,7 @@ async function decodeLayer(args: DecodeArgs, logger: Logger, configs: ConfigSour
     });
     decipher = await decryptLayer({
       annotations: descriptor.annotations,
+      publicOptions,
       layerDigest: descriptor.digest,
       params,
       wrappers,

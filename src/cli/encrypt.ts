@@ -8,7 +8,7 @@
  *   coco-decoder encrypt --kek-generate FILE [--kid kbs:///<repo>/<type>/<tag>]
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -19,8 +19,10 @@ import { rewriteImage, type LayerContext } from '../image/rewrite.js';
 import { encryptLayerFile } from '../ocicrypt/encrypt-layer.js';
 import { ANNOTATION_PREFIX, PUBOPTS_ANNOTATION } from '../ocicrypt/keywrap/keywrapper.js';
 import { KEK_BYTES, wrapForAttestationAgent } from '../ocicrypt/keywrap/attestation-agent-wrap.js';
+import { readKekFile } from './kek-file.js';
 import { wrapJwe } from '../ocicrypt/keywrap/jwe-wrap.js';
 import { DecoderError, describeError } from '../util/errors.js';
+import { exists } from '../util/exists.js';
 import { boundedLine, quoteUntrusted } from '../util/quote.js';
 
 export const USAGE = `usage: coco-decoder encrypt --kid kbs:///REPO/TYPE/TAG --kek-file FILE [--recipient jwe:PUBKEY.pem]...
@@ -64,20 +66,6 @@ function parseLayers(spec: string): Set<number> {
     out.add(Number(part));
   }
   return out;
-}
-
-async function readKek(file: string): Promise<Buffer> {
-  let st;
-  try {
-    st = await stat(file);
-  } catch (err) {
-    throw new DecoderError(`--kek-file ${file}: ${(err as NodeJS.ErrnoException).code ?? 'unreadable'}`);
-  }
-  if (!st.isFile() || st.size !== KEK_BYTES) {
-    throw new DecoderError(`--kek-file ${file} must hold exactly ${KEK_BYTES} raw bytes (it has ${st.isFile() ? st.size : 'no regular file with'} bytes); create one with --kek-generate`);
-  }
-  if ((st.mode & 0o077) !== 0) process.stderr.write(`coco-decoder encrypt: warning: ${file} is readable by others (mode ${(st.mode & 0o777).toString(8)}); a KEK should be 0600\n`);
-  return readFile(file);
 }
 
 async function generateKek(file: string, kid: string | undefined): Promise<number> {
@@ -174,7 +162,14 @@ async function encrypt(values: { kid?: string; 'kek-file'?: string; recipient?: 
   });
   if (values.kid === undefined && recipients.length === 0) throw new DecoderError('nothing to encrypt for: give --kid with --kek-file, and/or --recipient jwe:PUBKEY.pem');
   const kid = values.kid !== undefined ? parseResourceUri(values.kid).uri : undefined;
-  const kek = values['kek-file'] !== undefined ? await readKek(values['kek-file']) : undefined;
+  const kek =
+    values['kek-file'] !== undefined
+      ? await readKekFile(values['kek-file'], {
+          what: '--kek-file',
+          fail: (m) => new DecoderError(m),
+          onLooseMode: (mode) => process.stderr.write(`coco-decoder encrypt: warning: ${values['kek-file']} is readable by others (mode ${mode.toString(8)}); a KEK should be 0600\n`),
+        })
+      : undefined;
   const jweKeys = await Promise.all(
     recipients.map(async (file) => ({ key: await readFile(file).catch(() => Promise.reject(new DecoderError(`--recipient jwe:${file}: cannot read the file`))), source: file })),
   );
@@ -183,7 +178,7 @@ async function encrypt(values: { kid?: string; 'kek-file'?: string; recipient?: 
   // Archives go through private temporary layouts (0700); the archive itself is written whole or not at all.
   const scratch = src.transport === 'oci-archive' || dst.transport === 'oci-archive' ? await mkdtemp(path.join(tmpdir(), 'coco-decoder-encrypt-')) : undefined;
   try {
-    if (dst.transport === 'oci-archive' && (await stat(dst.path).then(() => true, () => false))) {
+    if (dst.transport === 'oci-archive' && (await exists(dst.path))) {
       throw new DecoderError(`${dst.path} already exists: choose a new destination`);
     }
     let srcDir = src.path;

@@ -4,7 +4,6 @@
  * The key wrapper itself knows no config, no KBS client and no logger.
  */
 import type { Config } from '../config/types.js';
-import { createKeySource } from '../kbs/key-source.js';
 import type { KeySource, ResourceStats } from '../kbs/key-source.js';
 import { parseResourceUri } from '../kbs/resource-uri.js';
 import type { GetKek } from '../ocicrypt/keywrap/attestation-agent.js';
@@ -30,6 +29,8 @@ export function createKekSource(getConfig: () => Promise<Config>, opts: KekSourc
       );
     }
     if (source?.config !== config) {
+      // Loaded here, not at the top: a layer served by an external attestation-agent provider never needs undici.
+      const { createKeySource } = await import('../kbs/key-source.js');
       source = { config, keySource: createKeySource({ config, env: opts.env ?? process.env, onWarning: opts.onWarning ?? (() => undefined) }) };
     }
     const { data, ...stats } = await source.keySource.getResource(uri, signal);

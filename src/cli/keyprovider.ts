@@ -10,14 +10,14 @@
  * parameters (`keypath=/path/kek.bin::keyid=kbs:///…::algorithm=A256GCM`), else `[keyprovider] wrap_kid` and
  * `wrap_kek_file` from the config.
  */
-import { readFile, stat } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { parseArgs } from 'node:util';
 import type { Config } from '../config/types.js';
 import { parseResourceUri } from '../kbs/resource-uri.js';
 import { createAttestationAgentWrapper } from '../ocicrypt/keywrap/attestation-agent.js';
+import { readKekFile } from './kek-file.js';
 import { createKekSource } from './kek-source.js';
-import { KEK_BYTES, wrapForAttestationAgent } from '../ocicrypt/keywrap/attestation-agent-wrap.js';
+import { wrapForAttestationAgent } from '../ocicrypt/keywrap/attestation-agent-wrap.js';
 import { decodeBytesMessage, encodeBytesMessage } from '../ocicrypt/keyprovider/grpc.js';
 import {
   encodeUnwrapResult,
@@ -67,7 +67,7 @@ export function createProviderHandler(getConfig: () => Promise<Config>, env: Nod
     if (kid === undefined) throw new ProviderRequestError('keywrap needs keyid=kbs:///REPO/TYPE/TAG (or [keyprovider] wrap_kid in the config)');
     if (keyPath === undefined) throw new ProviderRequestError('keywrap needs keypath=/path/kek.bin (or [keyprovider] wrap_kek_file in the config)');
     const uri = parseResourceUri(kid);
-    const kek = await readKek(keyPath);
+    const kek = await readKekFile(keyPath, { what: 'KEK file', fail: (m) => new ProviderRequestError(m) });
     try {
       return encodeWrapResult(Buffer.from(wrapForAttestationAgent(req.optsData, uri.uri, kek)));
     } finally {
@@ -75,14 +75,6 @@ export function createProviderHandler(getConfig: () => Promise<Config>, env: Nod
       req.optsData.fill(0);
     }
   };
-}
-
-async function readKek(file: string): Promise<Buffer> {
-  const st = await stat(file).catch((err: NodeJS.ErrnoException) => {
-    throw new ProviderRequestError(`KEK file ${file}: ${err.code ?? 'unreadable'}`);
-  });
-  if (!st.isFile() || st.size !== KEK_BYTES) throw new ProviderRequestError(`KEK file ${file} must hold exactly ${KEK_BYTES} raw bytes`);
-  return readFile(file);
 }
 
 async function readStdin(limit: number, deadlineMs: number): Promise<Buffer> {

@@ -10,6 +10,7 @@ import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
 import { DecoderError } from '../util/errors.js';
+import { exists } from '../util/exists.js';
 import { quoteUntrusted } from '../util/quote.js';
 
 const MAX_ENTRIES = 100_000;
@@ -54,7 +55,7 @@ export async function unpackOciArchive(file: string, dir: string): Promise<void>
 
 /** Packs the layout in `dir` into `file`, written under a temporary name and renamed into place when complete. */
 export async function packOciArchive(dir: string, file: string): Promise<void> {
-  if (await stat(file).then(() => true, () => false)) throw new DecoderError(`${file} already exists: choose a new destination`);
+  if (await exists(file)) throw new DecoderError(`${file} already exists: choose a new destination`);
   const tmp = path.join(path.dirname(path.resolve(file)), `.${path.basename(file)}.partial-${process.pid}`);
   const pack = tar.pack();
   const written = pipeline(pack, createWriteStream(tmp, { flags: 'wx', mode: 0o644 }));

@@ -6,10 +6,11 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { DecoderError } from '../util/errors.js';
+import { exists } from '../util/exists.js';
 import { quoteUntrusted } from '../util/quote.js';
 import {
   blobPath,
@@ -63,7 +64,7 @@ function selectTop(index: ImageIndex, tag: string | undefined, srcDir: string): 
 /** Streams a blob into the new layout, checking it against its digest on the way. */
 async function copyBlob(srcDir: string, dstDir: string, desc: Descriptor): Promise<void> {
   const dst = blobPath(dstDir, desc.digest);
-  if (await stat(dst).then(() => true, () => false)) return; // shared by two manifests: already copied and checked
+  if (await exists(dst)) return; // shared by two manifests: already copied and checked
   const tmp = `${dst}.partial-${randomBytes(6).toString('hex')}`;
   const hash = createHash('sha256');
   let size = 0;
@@ -109,7 +110,7 @@ export interface RewriteResult {
  * first and is renamed into place only when complete, so a failure leaves nothing at `dstDir`.
  */
 export async function rewriteImage(o: RewriteOptions): Promise<RewriteResult> {
-  if (await stat(o.dstDir).then(() => true, () => false)) throw new DecoderError(`${o.dstDir} already exists: choose a new destination`);
+  if (await exists(o.dstDir)) throw new DecoderError(`${o.dstDir} already exists: choose a new destination`);
   const index = await readLayoutIndex(o.srcDir);
   const top = selectTop(index, o.srcTag, o.srcDir);
   const work = path.join(path.dirname(path.resolve(o.dstDir)), `.${path.basename(o.dstDir)}.partial-${randomBytes(6).toString('hex')}`);

@@ -17,7 +17,7 @@ import { isObject } from '../util/is-object.js';
 import type { ProtocolVersion } from './protocol.js';
 import { exportTeePrivateKey, importTeeKeyPair } from './tee-key.js';
 import type { TeeKeyPair } from './tee-key.js';
-import { inspectCacheDir } from './cache-dir.js';
+import { inspectCacheDir, type CacheDirState } from './cache-dir.js';
 
 export interface CacheScope {
   kbsUrl: string;
@@ -74,17 +74,7 @@ export class TokenCache {
       return undefined;
     }
     if (state.state !== 'usable') {
-      const why =
-        state.state === 'missing'
-          ? 'it vanished while being created'
-          : state.reason === 'foreign-owner'
-            ? `it is owned by uid ${state.ownerUid}, not ${uid}`
-            : state.reason === 'symlink'
-              ? 'it is a symbolic link'
-              : state.reason === 'not-a-directory'
-                ? 'it is not a directory'
-                : `it cannot be inspected (${state.code})`;
-      opts.onWarning(`token cache disabled: cache.dir ${dir}: ${why}`);
+      opts.onWarning(`token cache disabled: cache.dir ${dir}: ${whyUnusable(state, uid)}`);
       return undefined;
     }
     if (state.tmpfs === false) {
@@ -266,6 +256,20 @@ async function makeDir(dir: string, depth: number): Promise<void> {
     await mkdir(dir, { mode: 0o700 }).catch((again: NodeJS.ErrnoException) => {
       if (again.code !== 'EEXIST') throw again;
     });
+  }
+}
+
+function whyUnusable(state: Exclude<CacheDirState, { state: 'usable' }>, uid: number): string {
+  if (state.state === 'missing') return 'it vanished while being created';
+  switch (state.reason) {
+    case 'foreign-owner':
+      return `it is owned by uid ${state.ownerUid}, not ${uid}`;
+    case 'symlink':
+      return 'it is a symbolic link';
+    case 'not-a-directory':
+      return 'it is not a directory';
+    case 'unreadable':
+      return `it cannot be inspected (${state.code})`;
   }
 }
 

@@ -13,6 +13,8 @@ export { layerKeySchemes } from './unwrap-layer-key.js';
 
 export interface DecryptLayerRequest {
   annotations: Record<string, string>;
+  /** From `layerPublicOptions`, which the caller runs before loading any key. */
+  publicOptions: PublicLayerOptions;
   /** For messages and the audit log only. */
   layerDigest: string;
   params: DecryptParameters;
@@ -27,7 +29,7 @@ export interface DecryptLayerRequest {
 
 /**
  * The public options alone, checked before any key is loaded or unwrapped (no point attesting for a layer whose
- * cipher we cannot run). `decryptLayer` checks them again; this is the early, cheap rejection.
+ * cipher we cannot run). `decryptLayer` takes the result.
  */
 export function layerPublicOptions(annotations: Record<string, string>): PublicLayerOptions {
   const pub = publicOptionsFromAnnotations(annotations);
@@ -36,7 +38,7 @@ export function layerPublicOptions(annotations: Record<string, string>): PublicL
 }
 
 export async function decryptLayer(req: DecryptLayerRequest): Promise<LayerDecipher> {
-  const pub = layerPublicOptions(req.annotations);
+  const pub = req.publicOptions;
   const privopts = await unwrapLayerKey(req.wrappers, req.annotations, {
     params: req.params,
     layerDigest: req.layerDigest,

@@ -8,7 +8,8 @@ import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSy
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseDecodeArgs, mergeParameters } from '../../src/cli/decode.js';
+import { parseDecodeArgs } from '../../src/cli/decode-args.js';
+import { mergeParameters } from '../../src/ocicrypt/decrypt-parameters.js';
 import { VERSION } from '../../src/version.js';
 import { encodeAny, PAYLOAD_TYPE_URL } from '../helpers/payload.js';
 

@@ -13,8 +13,8 @@ import type { ResourceUri } from '../../kbs/resource-uri.js';
 import { describeError } from '../../util/errors.js';
 import { fail, pass } from './rung.js';
 import type { RungResult } from './rung.js';
+import { KEK_BYTES } from '../../ocicrypt/keywrap/attestation-agent-wrap.js';
 
-export const KEK_BYTES = 32;
 
 export async function checkResource(config: Config, http: KbsHttp, attestation: Attestation, uri: ResourceUri): Promise<RungResult> {
   let data: Buffer;

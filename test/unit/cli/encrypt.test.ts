@@ -39,6 +39,24 @@ function manifestOf(layout: string, desc?: { digest: string }): any {
   return json(path.join(layout, 'blobs', 'sha256', (desc ?? json(path.join(layout, 'index.json')).manifests[0]).digest.slice(7)));
 }
 
+/** A decoder config for the test KBS (sample TEE, a cache of its own), plus `extra` TOML. */
+function decoderConfig(name: string, extra = ''): string {
+  const file = path.join(dir, name);
+  writeFileSync(file, `[kbs]\nurl = "${kbs.url}"\nallow_http = true\n[attestation]\ntee = "sample"\n[cache]\ndir = "${path.join(dir, `cache-${name}`)}"\n${extra}`);
+  return file;
+}
+
+/** One encrypted layer of `layout` through the built decoder, as containerd runs it. */
+function decryptLayer(config: string, layout: string, layer: { mediaType: string; digest: string; size: number; annotations: Record<string, string> }) {
+  return runDecoder({
+    binary: bin,
+    env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin', COCO_DECODER_CONFIG: config },
+    descriptor: { mediaType: layer.mediaType, digest: layer.digest, size: layer.size, annotations: layer.annotations },
+    input: blob(layout, layer.digest),
+    output: 'buffer',
+  });
+}
+
 beforeAll(async () => {
   bin = locateDecoder().path;
   dir = mkdtempSync(path.join(tmpdir(), 'encrypt-cli-'));
@@ -96,15 +114,7 @@ describe('coco-decoder encrypt', () => {
     }
 
     // Decrypt through the real stream-processor path, strict mode on: the private options name the plain digest.
-    const config = path.join(dir, 'decoder.toml');
-    writeFileSync(config, `[kbs]\nurl = "${kbs.url}"\nallow_http = true\n[attestation]\ntee = "sample"\n[cache]\ndir = "${path.join(dir, 'cache')}"\n[integrity]\ncheck_plain_digest = true\n`);
-    const d = await runDecoder({
-      binary: bin,
-      env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin', COCO_DECODER_CONFIG: config },
-      descriptor: { mediaType: layer.mediaType, digest: layer.digest, size: layer.size, annotations: layer.annotations },
-      input: blob(out, layer.digest),
-      output: 'buffer',
-    });
+    const d = await decryptLayer(decoderConfig('decoder.toml', '[integrity]\ncheck_plain_digest = true\n'), out, layer);
     expect(d.stderr).toBe('');
     expect(d.code).toBe(0);
     expect(d.stdout!.equals(blob(PLAIN, plainLayer.digest))).toBe(true);
@@ -142,21 +152,14 @@ describe('coco-decoder encrypt', () => {
     expect(newIdx.annotations).toEqual({ 'org.example.keep': 'yes' });
     expect(newIdx.manifests.map((c: any) => c.platform.architecture)).toEqual(['amd64', 'arm64']);
     const plainLayer = blob(PLAIN, manifestOf(PLAIN).layers[0].digest);
-    const config = path.join(dir, 'multi-decoder.toml');
-    writeFileSync(config, `[kbs]\nurl = "${kbs.url}"\nallow_http = true\n[attestation]\ntee = "sample"\n[cache]\ndir = "${path.join(dir, 'cache-multi')}"\n`);
+    const config = decoderConfig('multi-decoder.toml');
     for (const c of newIdx.manifests) {
       const man = manifestOf(out, c);
       const layer = man.layers[0];
       expect(layer.mediaType).toMatch(/\+encrypted$/);
       expect(sha256(blob(out, c.digest))).toBe(c.digest);
       // Round trip: each platform's layer decrypts back to the original bytes.
-      const d = await runDecoder({
-        binary: bin,
-        env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin', COCO_DECODER_CONFIG: config },
-        descriptor: { mediaType: layer.mediaType, digest: layer.digest, size: layer.size, annotations: layer.annotations },
-        input: blob(out, layer.digest),
-        output: 'buffer',
-      });
+      const d = await decryptLayer(config, out, layer);
       expect(d.stderr).toBe('');
       expect(d.stdout!.equals(plainLayer)).toBe(true);
     }
