@@ -6,9 +6,11 @@
  * for --version/--help or argument errors.
  */
 import { existsSync, fstatSync } from 'node:fs';
-import { DEFAULT_CONFIG_PATH } from '../config/types.js';
+import { DEFAULT_CONFIG_PATH, defaultConfig } from '../config/types.js';
 import type { Config } from '../config/types.js';
-import type { LayerDecipher } from '../ocicrypt/layer-decipher.js';
+import type { LayerDecipher, LayerDecipherOptions } from '../ocicrypt/layer-decipher.js';
+import type { DecoderPayload, LayerDescriptor, PayloadParameters } from '../streamprocessor/payload.js';
+import type { StdinHead } from '../streamprocessor/stdin-head.js';
 import type { DecryptParameters, UnwrapAudit } from '../ocicrypt/keywrap/keywrapper.js';
 import { mergeParameters, zeroParameters } from '../ocicrypt/decrypt-parameters.js';
 import { DecoderError, describeError } from '../util/errors.js';
@@ -76,7 +78,7 @@ const isPipe = (fd: number): boolean => {
 };
 
 /** stdin (ciphertext) to stdout: containerd's pipes read with a reused buffer, anything else as a stream. */
-async function decryptStdio(decipher: LayerDecipher): Promise<number> {
+async function decryptStdio(decipher: LayerDecipher, prefix: Buffer | undefined): Promise<number> {
   const [{ decryptLayerFd, decryptLayerStream }, { openStdout }] = await Promise.all([
     import('../ocicrypt/layer-decipher.js'),
     import('../streamprocessor/stdout.js'),
@@ -84,8 +86,8 @@ async function decryptStdio(decipher: LayerDecipher): Promise<number> {
   const stdout = openStdout(STDOUT_BUFFER_BYTES);
   try {
     return isPipe(0)
-      ? await decryptLayerFd(0, stdout.out, decipher)
-      : await decryptLayerStream(process.stdin, stdout.out, decipher);
+      ? await decryptLayerFd(0, stdout.out, decipher, { prefix })
+      : await decryptLayerStream(process.stdin, stdout.out, decipher, { prefix });
   } finally {
     stdout.close();
   }
@@ -102,6 +104,8 @@ interface LayerFacts {
   digest?: string;
   mediaType?: string;
   bytes?: number;
+  /** Whether the descriptor came from containerd's fd-3 payload or from its content store. */
+  descriptorSource?: 'payload' | 'content-store';
   /** The scheme that unwrapped the key, with its kid and token-cache flag (see unwrap-layer-key.ts). */
   readonly unwrap: UnwrapAudit;
 }
@@ -140,29 +144,92 @@ class ConfigSource {
   }
 }
 
+/** One descriptor to try: containerd's (payload) or one of the content store's annotation sets for the layer. */
+interface LayerCandidate {
+  descriptor: LayerDescriptor;
+  /** Set for content-store descriptors: the stream must be this blob before its tail is released. */
+  cipherDigest?: LayerDecipherOptions['cipherDigest'];
+}
+
+/** Where the layer's descriptor comes from: containerd's fd-3 payload, or (without one) containerd's content store. */
+async function layerCandidates(
+  logger: Logger,
+  early: Config | undefined,
+  facts: LayerFacts,
+  signal: AbortSignal,
+): Promise<{ params: PayloadParameters; candidates: LayerCandidate[]; head: StdinHead | undefined }> {
+  const [{ probePayloadFd, readPayloadFd, MISSING_PAYLOAD_HELP }, { decodePayload }] = await Promise.all([
+    import('../streamprocessor/fd3.js'),
+    import('../streamprocessor/payload.js'),
+  ]);
+  const probe = probePayloadFd();
+  let payload: DecoderPayload | undefined;
+  if (probe.present) {
+    const payloadBytes = await readPayloadFd();
+    payload = decodePayload(payloadBytes);
+    payloadBytes.fill(0); // ctr-enc payloads carry private keys
+    if (hasKeyAnnotations(payload.descriptor.annotations)) {
+      facts.descriptorSource = 'payload';
+      return { params: payload.params, candidates: [{ descriptor: payload.descriptor }], head: undefined };
+    }
+  }
+  const missing = probe.present ? 'the fd-3 payload lists no wrapped keys for the layer' : `no payload: ${probe.reason}`;
+  const config = early?.containerd ?? defaultConfig().containerd;
+  if (!config.lookup) {
+    throw new DecoderError(`${missing}; ${MISSING_PAYLOAD_HELP} ([containerd] lookup = false)`, { stage: 'read payload' });
+  }
+  const [{ lookupLayerDescriptor, cipherDigestOf }, { StdinHead }] = await Promise.all([
+    import('./layer-lookup.js'),
+    import('../streamprocessor/stdin-head.js'),
+  ]);
+  const head = new StdinHead(0, config.timeoutMs);
+  let match: Awaited<ReturnType<typeof lookupLayerDescriptor>>;
+  try {
+    match = await lookupLayerDescriptor({ head, config, env: process.env, mediaType: process.env['STREAM_PROCESSOR_MEDIATYPE'], signal });
+  } catch (err) {
+    throw new DecoderError(`${missing}, and finding the layer in containerd's content store failed: ${describeError(err)}; ${MISSING_PAYLOAD_HELP}`, {
+      stage: 'read payload',
+      cause: err,
+    });
+  }
+  facts.descriptorSource = 'content-store';
+  logger.debug('layer descriptor found in the content store', {
+    layer: match.digest,
+    annotationSets: match.annotationSets.length,
+    manifests: match.stats.documents,
+    reads: match.stats.reads,
+  });
+  const cipherDigest = cipherDigestOf(match);
+  const candidates = match.annotationSets.map((set) => ({
+    descriptor: { mediaType: match.mediaType, digest: match.digest, size: match.size, annotations: { ...set.annotations } },
+    cipherDigest,
+  }));
+  return { params: payload?.params ?? {}, candidates, head };
+}
+
+const KEYS_ANNOTATION_PREFIX = 'org.opencontainers.image.enc.keys.';
+const hasKeyAnnotations = (annotations: Record<string, string>): boolean =>
+  Object.keys(annotations).some((k) => k.startsWith(KEYS_ANNOTATION_PREFIX) && annotations[k] !== '');
+
 async function decodeLayer(args: DecodeArgs, logger: Logger, configs: ConfigSource, facts: LayerFacts): Promise<void> {
   // The one lazy-import boundary of the decoding path (see the module comment).
-  const [{ readPayloadFd }, { decodePayload }, { checkLayerMediaType }, { decryptLayer, layerKeySchemes, layerPublicOptions }, { buildKeyWrappers }] =
-    await Promise.all([
-      import('../streamprocessor/fd3.js'),
-      import('../streamprocessor/payload.js'),
-      import('../streamprocessor/mediatype.js'),
-      import('../ocicrypt/decrypt-layer.js'),
-      import('../ocicrypt/keywrap/registry.js'),
-    ]);
-  const payloadBytes = await readPayloadFd();
-  const payload = decodePayload(payloadBytes);
-  payloadBytes.fill(0); // ctr-enc payloads carry private keys
-  const { descriptor } = payload;
-  facts.digest = descriptor.digest;
-  facts.mediaType = descriptor.mediaType;
+  const [{ checkLayerMediaType }, { decryptLayer, layerKeySchemes, layerPublicOptions }, { buildKeyWrappers }] = await Promise.all([
+    import('../streamprocessor/mediatype.js'),
+    import('../ocicrypt/decrypt-layer.js'),
+    import('../ocicrypt/keywrap/registry.js'),
+  ]);
+  const deadline = new Deadline();
+  deadline.extendTo(UNWRAP_DEADLINE_MS);
   // The config was read while fd 3 was; its log.level must be in force before the first warning.
   const early = await configs.early().catch(() => undefined);
   if (early && args.logLevel === undefined) logger.level = early.log.level;
-  checkLayerMediaType(descriptor.mediaType);
-  const publicOptions = layerPublicOptions(descriptor.annotations);
+  const found = await layerCandidates(logger, early, facts, deadline.controller.signal);
+  const first = found.candidates[0]!.descriptor;
+  facts.digest = first.digest;
+  facts.mediaType = first.mediaType;
+  checkLayerMediaType(first.mediaType);
 
-  let params = payload.params;
+  let params = found.params;
   if (args.keysPath !== undefined) {
     const { loadKeysDirectory } = await import('../ocicrypt/keys/keysdir.js');
     let dirParams: DecryptParameters;
@@ -176,8 +243,6 @@ async function decodeLayer(args: DecodeArgs, logger: Logger, configs: ConfigSour
     params = mergeParameters(dirParams, params);
   }
 
-  const deadline = new Deadline();
-  deadline.extendTo(UNWRAP_DEADLINE_MS);
   const getConfig = (): Promise<Config> =>
     configs.get().then((cfg) => {
       if (args.logLevel === undefined) logger.level = cfg.log.level;
@@ -185,43 +250,70 @@ async function decodeLayer(args: DecodeArgs, logger: Logger, configs: ConfigSour
       return cfg;
     });
 
-  let decipher: LayerDecipher;
+  let decipher: LayerDecipher | undefined;
   try {
-    const schemes = layerKeySchemes(descriptor.annotations);
-    const getKek = schemes.includes('provider.attestation-agent')
-      ? await import('./kek-source.js').then(({ createKekSource, describeKbsStats }) =>
-          createKekSource(getConfig, { onWarning: (m) => logger.warn(m), onStats: (st) => logger.debug(describeKbsStats(st)) }),
-        )
-      : () => Promise.reject(new DecoderError('no KBS key source for this layer'));
-    const wrappers = await buildKeyWrappers(schemes, {
-      env: process.env,
-      warn: (m) => logger.warn(m),
-      getConfig,
-      getKek,
-    });
-    decipher = await decryptLayer({
-      annotations: descriptor.annotations,
-      publicOptions,
-      layerDigest: descriptor.digest,
-      params,
-      wrappers,
-      signal: deadline.controller.signal,
-      audit: facts.unwrap,
-      checkPlainDigest: early?.integrity.checkPlainDigest === true,
-    });
+    // The content store may list the same blob with several annotation sets (tags, platforms, re-wrapped
+    // recipients): each is tried in turn; the first whose key unwraps wins. A payload gives exactly one.
+    let lastError: unknown;
+    for (const { descriptor, cipherDigest } of found.candidates) {
+      try {
+        const publicOptions = layerPublicOptions(descriptor.annotations);
+        const schemes = layerKeySchemes(descriptor.annotations);
+        const getKek = schemes.includes('provider.attestation-agent')
+          ? await import('./kek-source.js').then(({ createKekSource, describeKbsStats }) =>
+              createKekSource(getConfig, { onWarning: (m) => logger.warn(m), onStats: (st) => logger.debug(describeKbsStats(st)) }),
+            )
+          : () => Promise.reject(new DecoderError('no KBS key source for this layer'));
+        const wrappers = await buildKeyWrappers(schemes, {
+          env: process.env,
+          warn: (m) => logger.warn(m),
+          getConfig,
+          getKek,
+        });
+        decipher = await decryptLayer({
+          annotations: descriptor.annotations,
+          publicOptions,
+          layerDigest: descriptor.digest,
+          params,
+          wrappers,
+          signal: deadline.controller.signal,
+          audit: facts.unwrap,
+          checkPlainDigest: early?.integrity.checkPlainDigest === true,
+          cipherDigest,
+        });
+        break;
+      } catch (err) {
+        lastError = err;
+        if (found.candidates.length > 1) logger.debug(`annotation set failed: ${describeError(err)}`);
+      }
+    }
+    if (decipher === undefined) {
+      if (found.candidates.length === 1) throw lastError;
+      throw new DecoderError(`${describeError(lastError)} (none of the ${found.candidates.length} manifests listing this layer gave a usable key)`, {
+        cause: lastError,
+      });
+    }
   } finally {
     deadline.clear();
     zeroParameters(params);
   }
   // Field values are quoted and bounded by the logger: the digest is untrusted input.
-  const layer = descriptor.digest;
+  const layer = first.digest;
   logger.debug('layer key unwrapped', { layer, ...facts.unwrap });
 
-  facts.bytes = await decryptStdio(decipher);
+  facts.bytes = await decryptStdio(decipher, found.head?.bytes);
   logger.info('layer decrypted', { layer, bytes: facts.bytes });
 }
 
-/** One audit record per layer whose digest is known, when the config asks for an audit log. Never throws. */
+/** Where syslog listens; failed layers go there by default (see `log.syslog_failures`). */
+const SYSLOG_SOCKET = '/dev/log';
+
+/**
+ * One audit record per layer whose digest is known, when the config asks for an audit log; and a failed layer goes
+ * to syslog unless `log.syslog_failures` is off: once plaintext has been written, containerd reports its own
+ * extraction error ("unexpected EOF", "wrong diff id") instead of our stderr, so syslog is where the cause stays
+ * visible (`journalctl -t coco-decoder`). Never throws.
+ */
 async function auditLayer(configs: ConfigSource, logger: Logger, facts: LayerFacts, startedMs: number, error: string | undefined): Promise<void> {
   if (facts.digest === undefined) return;
   let config: Config | undefined;
@@ -230,24 +322,29 @@ async function auditLayer(configs: ConfigSource, logger: Logger, facts: LayerFac
   } catch (err) {
     // A layer that failed because of it already said so; a successful one should not hide it at warn level.
     if (error === undefined) logger.warn(`${describeError(err)}; log settings (audit log, log.level) not applied`);
-    return;
   }
-  if (config === undefined || (config.log.file === undefined && !config.log.syslog)) return;
+  const log = config?.log ?? defaultConfig().log;
+  const configured = log.file !== undefined || log.syslog;
+  const failureToSyslog = error !== undefined && !log.syslog && log.syslogFailures && existsSync(SYSLOG_SOCKET);
+  if (!configured && !failureToSyslog) return;
   try {
     const { writeAudit } = await import('../util/audit.js');
-    await writeAudit(
-      {
-        time: new Date().toISOString(),
-        layer: facts.digest,
-        mediaType: facts.mediaType,
-        ...facts.unwrap,
-        bytes: facts.bytes,
-        durationMs: nowMs() - startedMs,
-        result: error === undefined ? 'ok' : 'error',
-        error,
-      },
-      { config: config.log, warn: (m) => logger.warn(m) },
-    );
+    const record = {
+      time: new Date().toISOString(),
+      layer: facts.digest,
+      mediaType: facts.mediaType,
+      descriptor: facts.descriptorSource,
+      ...facts.unwrap,
+      bytes: facts.bytes,
+      durationMs: nowMs() - startedMs,
+      result: error === undefined ? ('ok' as const) : ('error' as const),
+      error,
+    };
+    const jobs: Array<Promise<void>> = [];
+    if (configured) jobs.push(writeAudit(record, { config: log, warn: (m) => logger.warn(m) }));
+    // Best effort and quiet: stderr is the one line containerd may show.
+    if (failureToSyslog) jobs.push(writeAudit(record, { config: { ...log, file: undefined, syslog: true }, warn: (m) => logger.debug(m) }));
+    await Promise.all(jobs);
   } catch (err) {
     logger.warn(`audit log: ${describeError(err)}`);
   }

@@ -77,6 +77,7 @@ export function parseConfig(text: string, file: string): Config {
   const log = tableOf(doc, 'log');
   const kp = tableOf(doc, 'keyprovider');
   const integrity = tableOf(doc, 'integrity');
+  const ctd = tableOf(doc, 'containerd');
 
   cfg.kbs.allowHttp = v.bool(kbs, 'kbs.allow_http') ?? cfg.kbs.allowHttp;
   cfg.kbs.url = v.kbsUrl(kbs, 'kbs.url', cfg.kbs.allowHttp) ?? cfg.kbs.url;
@@ -107,12 +108,16 @@ export function parseConfig(text: string, file: string): Config {
   cfg.log.level = v.oneOf(log, 'log.level', ['error', 'warn', 'info', 'debug'] as const) ?? cfg.log.level;
   cfg.log.file = v.absPath(log, 'log.file') ?? cfg.log.file;
   cfg.log.syslog = v.bool(log, 'log.syslog') ?? cfg.log.syslog;
+  cfg.log.syslogFailures = v.bool(log, 'log.syslog_failures') ?? cfg.log.syslogFailures;
   cfg.log.format = v.oneOf(log, 'log.format', ['text', 'json'] as const) ?? cfg.log.format;
 
   cfg.keyprovider.timeoutMs = v.posInt(kp, 'keyprovider.timeout_ms') ?? cfg.keyprovider.timeoutMs;
   cfg.keyprovider.wrapKekFile = v.absPath(kp, 'keyprovider.wrap_kek_file') ?? cfg.keyprovider.wrapKekFile;
   cfg.keyprovider.wrapKid = v.string(kp, 'keyprovider.wrap_kid') ?? cfg.keyprovider.wrapKid;
   cfg.integrity.checkPlainDigest = v.bool(integrity, 'integrity.check_plain_digest') ?? cfg.integrity.checkPlainDigest;
+  cfg.containerd.address = v.containerdAddress(ctd, 'containerd.address') ?? cfg.containerd.address;
+  cfg.containerd.lookup = v.bool(ctd, 'containerd.lookup') ?? cfg.containerd.lookup;
+  cfg.containerd.timeoutMs = v.posInt(ctd, 'containerd.timeout_ms') ?? cfg.containerd.timeoutMs;
 
   if (cfg.kbs.totalTimeoutMs < cfg.kbs.timeoutMs) {
     throw v.fail('kbs.total_timeout_ms', `must be at least kbs.timeout_ms (${cfg.kbs.timeoutMs})`);
@@ -124,9 +129,10 @@ const TABLES = {
   kbs: ['url', 'cert', 'cert_only', 'allow_http', 'timeout_ms', 'total_timeout_ms', 'tee_key_algorithm', 'protocol'],
   attestation: ['tee', 'snp_vmpl', 'configfs_tsm_root', 'tdx_guest_device', 'sev_guest_device', 'ccel_path', 'addon_path', 'tpm_device'],
   cache: ['dir', 'refresh_margin_seconds', 'lock_timeout_ms'],
-  log: ['level', 'file', 'syslog', 'format'],
+  log: ['level', 'file', 'syslog', 'syslog_failures', 'format'],
   keyprovider: ['timeout_ms', 'wrap_kid', 'wrap_kek_file'],
   integrity: ['check_plain_digest'],
+  containerd: ['address', 'lookup', 'timeout_ms'],
 } as const;
 
 /** Upper bound for durations: 24 h is far beyond any sane deadline and keeps timers within setTimeout's range. */
@@ -201,6 +207,15 @@ class Validator {
     const value = this.string(table, key);
     if (value === undefined) return undefined;
     if (!isAbsolute(value) || value.includes('\0')) throw this.fail(key, 'must be an absolute path');
+    return value;
+  }
+
+  /** A Unix socket, as `/path` or `unix:///path` (containerd's `[grpc] address` spelling). */
+  containerdAddress(table: TomlTable, key: string): string | undefined {
+    const value = this.string(table, key);
+    if (value === undefined) return undefined;
+    const path = value.replace(/^unix:(?:\/\/)?/, '');
+    if (!isAbsolute(path) || path.includes('\0')) throw this.fail(key, 'must be a Unix socket path (/path or unix:///path)');
     return value;
   }
 

@@ -59,6 +59,11 @@ export interface LogConfig {
   file: string | undefined;
   /** Also send audit lines to syslog/journald through /dev/log. */
   syslog: boolean;
+  /**
+   * Send failed layers to syslog even when `syslog` is off (when /dev/log exists). containerd shows our error in
+   * the pull error only when no plaintext was written yet; after that, its own extraction error wins.
+   */
+  syslogFailures: boolean;
   format: 'text' | 'json';
 }
 
@@ -79,6 +84,15 @@ export interface KeyProviderConfig {
   wrapKekFile: string | undefined;
 }
 
+export interface ContainerdConfig {
+  /** containerd's socket for the content-store lookup; `$CONTAINERD_ADDRESS` overrides it. Unset: the default. */
+  address: string | undefined;
+  /** Look up the layer descriptor through containerd's API when there is no fd-3 payload. */
+  lookup: boolean;
+  /** Budget of the whole lookup (all calls). */
+  timeoutMs: number;
+}
+
 export interface Config {
   /** The file it was read from, or undefined when defaults were used (no file). */
   source: string | undefined;
@@ -88,6 +102,7 @@ export interface Config {
   log: LogConfig;
   keyprovider: KeyProviderConfig;
   integrity: IntegrityConfig;
+  containerd: ContainerdConfig;
 }
 
 export const DEFAULT_CONFIG_PATH = '/etc/coco-decoder/config.toml';
@@ -116,8 +131,9 @@ export function defaultConfig(): Config {
       tpmDevice: '/dev/tpmrm0',
     },
     cache: { dir: '/run/coco-decoder', refreshMarginSeconds: 30, lockTimeoutMs: 60_000 },
-    log: { level: 'error', file: undefined, syslog: false, format: 'text' },
+    log: { level: 'error', file: undefined, syslog: false, syslogFailures: true, format: 'text' },
     keyprovider: { timeoutMs: 30_000, wrapKid: undefined, wrapKekFile: undefined },
     integrity: { checkPlainDigest: false },
+    containerd: { address: undefined, lookup: true, timeoutMs: 10_000 },
   };
 }

@@ -3,7 +3,7 @@
  * and the key wrappers in; a ready `LayerDecipher` out (layer key unwrapped, cipher options checked). The CLI
  * does the I/O around it: payload and keys before, stdin/stdout after.
  */
-import { LayerDecipher } from './layer-decipher.js';
+import { LayerDecipher, type LayerDecipherOptions } from './layer-decipher.js';
 import type { DecryptParameters, KeyWrapper, UnwrapAudit } from './keywrap/keywrapper.js';
 import { checkPublicOptions, cipherOptionsFromUnwrapped, publicOptionsFromAnnotations, type PublicLayerOptions } from './options.js';
 import { unwrapLayerKey } from './unwrap-layer-key.js';
@@ -25,6 +25,8 @@ export interface DecryptLayerRequest {
   audit: UnwrapAudit;
   /** `[integrity] check_plain_digest`: the plaintext must hash to the digest in the private options. */
   checkPlainDigest: boolean;
+  /** The blob the ciphertext must be, when the descriptor came from a content-store lookup (see LayerDecipher). */
+  cipherDigest?: LayerDecipherOptions['cipherDigest'];
 }
 
 /**
@@ -52,7 +54,11 @@ export async function decryptLayer(req: DecryptLayerRequest): Promise<LayerDecip
     privopts.fill(0);
   }
   try {
-    return new LayerDecipher(req.checkPlainDigest ? { ...options, plainSha256: plainSha256(options.digest) } : options);
+    return new LayerDecipher({
+      ...options,
+      ...(req.checkPlainDigest ? { plainSha256: plainSha256(options.digest) } : {}),
+      ...(req.cipherDigest !== undefined ? { cipherDigest: req.cipherDigest } : {}),
+    });
   } finally {
     options.key.fill(0);
   }

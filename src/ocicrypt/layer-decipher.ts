@@ -27,6 +27,12 @@ export interface LayerDecipherOptions extends LayerCipherOptions {
    * Checked in `verify()`, so before the held-back tail is released.
    */
   plainSha256?: Buffer;
+  /**
+   * The blob the ciphertext must be (digest and size): set when the layer's descriptor was found by the
+   * content-store lookup rather than handed over by containerd, so that a wrong match cannot bind another
+   * layer's annotations to this stream. Checked in `verify()`, before the held-back tail is released.
+   */
+  cipherDigest?: { algorithm: 'sha256' | 'sha384' | 'sha512'; digest: Buffer; size: number };
 }
 
 /** The cipher state of one layer. Creating it copies the key into OpenSSL, so the caller may zero its copy. */
@@ -36,6 +42,9 @@ export class LayerDecipher {
   readonly #expected: Buffer;
   readonly #plainHash: Hash | undefined;
   readonly #plainExpected: Buffer | undefined;
+  readonly #cipherHash: Hash | undefined;
+  readonly #cipherExpected: LayerDecipherOptions['cipherDigest'];
+  #cipherBytes = 0;
 
   constructor(options: LayerDecipherOptions) {
     this.#decipher = createDecipheriv('aes-256-ctr', options.key, options.nonce);
@@ -45,11 +54,19 @@ export class LayerDecipher {
       this.#plainExpected = Buffer.from(options.plainSha256);
       this.#plainHash = createHash('sha256');
     }
+    if (options.cipherDigest !== undefined) {
+      this.#cipherExpected = { ...options.cipherDigest, digest: Buffer.from(options.cipherDigest.digest) };
+      this.#cipherHash = createHash(options.cipherDigest.algorithm);
+    }
   }
 
   /** Authenticates then decrypts one ciphertext chunk (CTR: output length equals input length). */
   update(ciphertext: Buffer): Buffer {
     this.#hmac.update(ciphertext);
+    if (this.#cipherHash !== undefined) {
+      this.#cipherHash.update(ciphertext);
+      this.#cipherBytes += ciphertext.length;
+    }
     const plain = this.#decipher.update(ciphertext);
     this.#plainHash?.update(plain);
     return plain;
@@ -58,6 +75,17 @@ export class LayerDecipher {
   /** Throws unless the HMAC over all ciphertext seen matches the expected one. */
   verify(): void {
     this.#decipher.final();
+    if (this.#cipherHash !== undefined && this.#cipherExpected !== undefined) {
+      // Public data (ciphertext digests), but a mismatch means the lookup chose the wrong blob: say so first.
+      const got = this.#cipherHash.digest();
+      if (this.#cipherBytes !== this.#cipherExpected.size || !got.equals(this.#cipherExpected.digest)) {
+        throw new DecoderError(
+          `the layer on stdin (${this.#cipherBytes} bytes) is not the blob the content-store lookup matched ` +
+            `(${this.#cipherExpected.algorithm}:${this.#cipherExpected.digest.toString('hex')}, ${this.#cipherExpected.size} bytes); nothing was released`,
+          { stage: STAGE },
+        );
+      }
+    }
     const actual = this.#hmac.digest();
     if (actual.length !== this.#expected.length || !timingSafeEqual(actual, this.#expected)) {
       actual.fill(0);
@@ -84,6 +112,8 @@ export class LayerDecipher {
 
 export interface DecryptStreamOptions {
   holdbackBytes?: number;
+  /** Ciphertext already read from the input (the lookup's head), decrypted before the rest. */
+  prefix?: Buffer;
 }
 
 /**
@@ -200,6 +230,7 @@ export async function decryptLayerStream(
   const pump = new LayerPump(decipher, output, options.holdbackBytes ?? HOLDBACK_BYTES);
   try {
     try {
+      if (options.prefix !== undefined && options.prefix.length > 0 && !pump.push(options.prefix)) await pump.drained();
       for await (const chunk of input as AsyncIterable<Buffer>) {
         if (!pump.push(chunk)) await pump.drained();
       }
@@ -225,6 +256,8 @@ export function decryptLayerFd(
   const pump = new LayerPump(decipher, output, options.holdbackBytes ?? HOLDBACK_BYTES);
   return new Promise<number>((resolve, reject) => {
     let failed = false;
+    // The prefix fits in the holdback (the lookup reads at most 64 KiB), so pushing it never needs a drain.
+    if (options.prefix !== undefined && options.prefix.length > 0) pump.push(options.prefix);
     const fail = (err: unknown): void => {
       if (failed) return;
       failed = true;

@@ -33,6 +33,8 @@ export interface AuditRecord {
   /** The layer digest from the descriptor (untrusted input: quoted/escaped when printed). */
   layer: string;
   mediaType?: string;
+  /** Where the layer descriptor came from: containerd's fd-3 `payload`, or its `content-store` (lookup). */
+  descriptor?: 'payload' | 'content-store';
   /** Key-wrap scheme that unwrapped the layer key: `jwe`, `pkcs7`, `provider.attestation-agent`, ... */
   scheme?: string;
   /** KBS resource URI of the key-encryption key, for attestation-agent layers. */
@@ -75,6 +77,7 @@ export function formatAuditRecord(record: AuditRecord, format: 'text' | 'json'):
     time: record.time,
     layer: bounded(record.layer, MAX_FIELD),
     mediaType: optionalBounded(record.mediaType),
+    descriptor: record.descriptor,
     scheme: optionalBounded(record.scheme),
     kid: optionalBounded(record.kid),
     bytes: record.bytes,

@@ -289,7 +289,7 @@ describe('through the real CLI (payload on fd 3)', () => {
     const lines = readFileSync(audit, 'utf8').trimEnd().split('\n');
     expect(lines).toHaveLength(1);
     expect(lines[0]).toMatch(
-      new RegExp(`^time=\\d{4}-\\d\\d-\\d\\dT[\\d:.]+Z layer=${DIGEST} mediaType=application/vnd\\.oci\\.image\\.layer\\.v1\\.tar\\+gzip\\+encrypted scheme=jwe bytes=${r.stdout!.length} durationMs=\\d+ result=ok$`),
+      new RegExp(`^time=\\d{4}-\\d\\d-\\d\\dT[\\d:.]+Z layer=${DIGEST} mediaType=application/vnd\\.oci\\.image\\.layer\\.v1\\.tar\\+gzip\\+encrypted descriptor=payload scheme=jwe bytes=${r.stdout!.length} durationMs=\\d+ result=ok$`),
     );
     expect(r.stdout!.length).toBeGreaterThan(0);
   }, 60_000);

@@ -53,6 +53,7 @@ lock_timeout_ms = 1000
 level = "debug"
 file = "/var/log/coco-decoder.log"
 syslog = true
+syslog_failures = false
 format = "json"
 
 [keyprovider]
@@ -62,6 +63,11 @@ wrap_kek_file = "/etc/coco-decoder/kek.bin"
 
 [integrity]
 check_plain_digest = true
+
+[containerd]
+address = "unix:///run/k3s/containerd/containerd.sock"
+lookup = false
+timeout_ms = 2500
 `;
 
 describe('path precedence', () => {
@@ -121,10 +127,15 @@ describe('keys', () => {
         tpmDevice: '/dev/tpmrm1',
       },
       cache: { dir: '/run/coco', refreshMarginSeconds: 0, lockTimeoutMs: 1000 },
-      log: { level: 'debug', file: '/var/log/coco-decoder.log', syslog: true, format: 'json' },
+      log: { level: 'debug', file: '/var/log/coco-decoder.log', syslog: true, syslogFailures: false, format: 'json' },
       keyprovider: { timeoutMs: 1234, wrapKid: 'kbs:///default/image-kek/app', wrapKekFile: '/etc/coco-decoder/kek.bin' },
       integrity: { checkPlainDigest: true },
+      containerd: { address: 'unix:///run/k3s/containerd/containerd.sock', lookup: false, timeoutMs: 2500 },
     });
+  });
+
+  it('containerd.address must be a Unix socket path', () => {
+    expect(() => parseConfig('[containerd]\naddress = "tcp://127.0.0.1:1234"\n', '/c.toml')).toThrow(/containerd\.address must be a Unix socket path/);
   });
 
   it('kbs.cert_only needs kbs.cert', () => {

@@ -220,11 +220,25 @@ describe('argument handling (ctd-decoder compatible)', () => {
 });
 
 describe('payload problems', () => {
-  it('fd 3 absent: a clear message that the payload is missing and why', async () => {
+  it('fd 3 absent and no containerd socket: names the missing payload, the socket searched and the processor ids', async () => {
     const { blob } = ociLayer(join(FIX, 'ocicrypt/enc-jwe-rsa'));
-    const r = await runCli(['--decryption-keys-path', '/nonexistent'], { stdin: blob });
+    const sock = join(tmp, 'no-containerd.sock');
+    const r = await runCli(['--decryption-keys-path', '/nonexistent'], { stdin: blob, env: { CONTAINERD_ADDRESS: sock } });
     const line = oneErrorLine(r);
     expect(line).toMatch(/^coco-decoder: read payload: no payload: fd 3 /);
+    expect(line).toContain(`finding the layer in containerd's content store failed: containerd socket ${sock} ($CONTAINERD_ADDRESS) does not exist`);
+    expect(line).toContain('io.containerd.ocicrypt.decoder.v1.tar.gzip');
+    expect(r.stdout.length).toBe(0);
+  });
+
+  it('fd 3 absent with [containerd] lookup = false: the ctd-decoder behaviour, with the payload help', async () => {
+    const { blob } = ociLayer(join(FIX, 'ocicrypt/enc-jwe-rsa'));
+    const cfg = join(tmp, 'no-lookup.toml');
+    writeFileSync(cfg, '[containerd]\nlookup = false\n');
+    const r = await runCli(['--decryption-keys-path', '/nonexistent'], { stdin: blob, env: { COCO_DECODER_CONFIG: cfg } });
+    const line = oneErrorLine(r);
+    expect(line).toMatch(/^coco-decoder: read payload: no payload: fd 3 /);
+    expect(line).not.toContain('content store');
     expect(line).toContain('io.containerd.ocicrypt.decoder.v1.tar.gzip');
     expect(line).toContain('tar+zstd+encrypted');
     expect(line).toContain('use_local_image_pull');

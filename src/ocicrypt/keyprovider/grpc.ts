@@ -1,7 +1,7 @@
 /**
  * A `grpc` key provider: `/keyprovider.KeyProviderService/UnWrapKey` (ocicrypt `utils/keyprovider/keyprovider.proto`).
  * Both messages hold one `bytes` field (number 1) carrying the protocol JSON, so they are encoded by hand.
- * `@grpc/grpc-js` is imported only when a gRPC provider is actually called.
+ * `@grpc/grpc-js` is imported only when a gRPC provider is actually called (`util/grpc-module.ts`).
  *
  * Differences from upstream, on purpose: every call has a deadline (upstream uses `context.Background()`), and a
  * connection that cannot be established fails fast with a dial error instead of blocking.
@@ -13,6 +13,7 @@ import type * as GrpcJs from '@grpc/grpc-js';
 import { DecoderError } from '../../util/errors.js';
 import type { GrpcTlsSettings } from './config.js';
 import { readLengthDelimitedFields } from '../../util/protobuf.js';
+import { loadGrpc } from '../../util/grpc-module.js';
 
 export const UNWRAP_METHOD = '/keyprovider.KeyProviderService/UnWrapKey';
 
@@ -29,16 +30,6 @@ export interface GrpcCallOptions {
   readonly timeoutMs: number;
   readonly signal?: AbortSignal | undefined;
   readonly warn: (msg: string) => void;
-}
-
-let grpcModule: Promise<typeof GrpcJs> | undefined;
-function loadGrpc(): Promise<typeof GrpcJs> {
-  grpcModule ??= import('@grpc/grpc-js').then((m) => {
-    // grpc-js logs to stderr by itself at ERROR verbosity; our stderr is the single error line containerd shows.
-    if (process.env['GRPC_VERBOSITY'] === undefined) m.setLogVerbosity(m.logVerbosity.NONE);
-    return m;
-  });
-  return grpcModule;
 }
 
 /** Calls UnWrapKey with `input` (the protocol JSON) and returns the output JSON bytes. */

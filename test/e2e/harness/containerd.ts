@@ -68,6 +68,8 @@ export function ocicryptStreamProcessors(decoderPath: string, args: string[] = [
 export type Snapshotter = 'overlayfs' | 'native';
 
 export interface ContainerdOptions {
+  /** The containerd binary; default CONTAINERD_BINARY. */
+  binary?: string;
   /** Registry hosts (`127.0.0.1:<port>`) reachable over plain HTTP. */
   insecureRegistries?: string[];
   /** Shorthand for `streamProcessors: ocicryptStreamProcessors(decoderPath, args, env)`. */
@@ -93,9 +95,20 @@ export interface ContainerdOptions {
   avoidPorts?: ReadonlySet<number>;
   logLevel?: 'debug' | 'info' | 'warn' | 'error';
   startTimeoutMs?: number;
+  /**
+   * Appended to every stream processor's `env` as `CONTAINERD_ADDRESS=…`, so the decoder's content-store lookup
+   * finds this private instance (a real node needs nothing: the decoder defaults to containerd's own socket).
+   * Default: this instance's socket; false: not set.
+   */
+  processorContainerdAddress?: string | false;
+  /** containerd 2.x: `use_local_image_pull` (default false: CRI pulls through the transfer service). */
+  useLocalImagePull?: boolean;
 }
 
 export interface Containerd {
+  readonly binary: string;
+  /** e.g. `2.1.9` */
+  readonly version: string;
   readonly dir: string;
   readonly root: string;
   readonly state: string;
@@ -114,33 +127,43 @@ export interface Containerd {
 const toml = (v: string | string[]): string => JSON.stringify(v); // JSON strings/arrays are valid TOML basic strings/arrays
 
 export interface ConfigParams {
+  /** The config format: 2 for containerd 1.x, 3 for 2.x (see `containerdMajorVersion`). */
+  version: 2 | 3;
   dir: string;
   snapshotter: Snapshotter;
   streamServerPort: number;
   streamProcessors: StreamProcessorSpec[];
   imports: string[];
   logLevel: string;
+  /** 2.x only: CRI pulls through the client's local pull path (which passes the fd-3 payload) instead of transfer. */
+  useLocalImagePull?: boolean;
 }
 
-/** The generated config.toml (version 2, containerd 1.6). Pure, so it can be inspected in failures. */
+const DISABLED_PLUGINS = [
+  'io.containerd.snapshotter.v1.aufs',
+  'io.containerd.snapshotter.v1.btrfs',
+  'io.containerd.snapshotter.v1.zfs',
+  'io.containerd.snapshotter.v1.devmapper',
+  'io.containerd.snapshotter.v1.blockfile',
+  'io.containerd.snapshotter.v1.erofs',
+  'io.containerd.differ.v1.erofs',
+  'io.containerd.tracing.processor.v1.otlp',
+  'io.containerd.internal.v1.tracing',
+  'io.containerd.nri.v1.nri',
+];
+
+/** The generated config.toml (version 2 for containerd 1.6/1.7, 3 for 2.x). Pure, so it can be inspected in failures. */
 export function containerdConfigToml(p: ConfigParams): string {
   const d = (...parts: string[]) => path.join(p.dir, ...parts);
-  const cri = 'plugins."io.containerd.grpc.v1.cri"';
   const lines = [
-    'version = 2',
+    `version = ${p.version}`,
     `root = ${toml(d('root'))}`,
     `state = ${toml(d('state'))}`,
     `temp = ${toml(d('tmp'))}`,
     `imports = ${toml(p.imports)}`,
     // Snapshotters and plugins that need hardware or services we do not have: keep start-up quiet and fast.
-    `disabled_plugins = ${toml([
-      'io.containerd.snapshotter.v1.aufs',
-      'io.containerd.snapshotter.v1.btrfs',
-      'io.containerd.snapshotter.v1.zfs',
-      'io.containerd.snapshotter.v1.devmapper',
-      'io.containerd.tracing.processor.v1.otlp',
-      'io.containerd.internal.v1.tracing',
-    ])}`,
+    // (Names unknown to a version are ignored.)
+    `disabled_plugins = ${toml(DISABLED_PLUGINS)}`,
     '',
     '[grpc]',
     `  address = ${toml(d('containerd.sock'))}`,
@@ -157,20 +180,7 @@ export function containerdConfigToml(p: ConfigParams): string {
     `[plugins."io.containerd.snapshotter.v1.${p.snapshotter}"]`,
     `  root_path = ${toml(d('root', `io.containerd.snapshotter.v1.${p.snapshotter}`))}`,
     '',
-    `[${cri}]`,
-    '  disable_tcp_service = true',
-    '  stream_server_address = "127.0.0.1"',
-    `  stream_server_port = ${toml(String(p.streamServerPort))}`,
-    `[${cri}.cni]`,
-    `  bin_dir = ${toml(d('cni', 'bin'))}`,
-    `  conf_dir = ${toml(d('cni', 'conf'))}`,
-    `[${cri}.containerd]`,
-    `  snapshotter = ${toml(p.snapshotter)}`,
-    `[${cri}.image_decryption]`,
-    '  key_model = "node"',
-    `[${cri}.registry]`,
-    // hosts.toml per registry (the non-deprecated way in 1.6): see writeHostsToml.
-    `  config_path = ${toml(d('certs.d'))}`,
+    ...(p.version === 2 ? criV2(p, d) : criV3(p, d)),
     '',
   ];
   for (const sp of p.streamProcessors) {
@@ -184,6 +194,68 @@ export function containerdConfigToml(p: ConfigParams): string {
     );
   }
   return lines.join('\n') + '\n';
+}
+
+/** containerd 1.x: one CRI plugin. Registry hosts through `certs.d/<host>/hosts.toml` (see writeHostsToml). */
+function criV2(p: ConfigParams, d: (...parts: string[]) => string): string[] {
+  const cri = 'plugins."io.containerd.grpc.v1.cri"';
+  return [
+    `[${cri}]`,
+    '  disable_tcp_service = true',
+    '  stream_server_address = "127.0.0.1"',
+    `  stream_server_port = ${toml(String(p.streamServerPort))}`,
+    `[${cri}.cni]`,
+    `  bin_dir = ${toml(d('cni', 'bin'))}`,
+    `  conf_dir = ${toml(d('cni', 'conf'))}`,
+    `[${cri}.containerd]`,
+    `  snapshotter = ${toml(p.snapshotter)}`,
+    `[${cri}.image_decryption]`,
+    '  key_model = "node"',
+    `[${cri}.registry]`,
+    `  config_path = ${toml(d('certs.d'))}`,
+  ];
+}
+
+/** containerd 2.x: CRI split into images/runtime plugins; the transfer service has its own registry hosts dir. */
+function criV3(p: ConfigParams, d: (...parts: string[]) => string): string[] {
+  return [
+    '[plugins."io.containerd.grpc.v1.cri"]',
+    '  disable_tcp_service = true',
+    '  stream_server_address = "127.0.0.1"',
+    `  stream_server_port = ${toml(String(p.streamServerPort))}`,
+    '[plugins."io.containerd.cri.v1.images"]',
+    `  snapshotter = ${toml(p.snapshotter)}`,
+    `  use_local_image_pull = ${p.useLocalImagePull === true}`,
+    '[plugins."io.containerd.cri.v1.images".image_decryption]',
+    '  key_model = "node"',
+    '[plugins."io.containerd.cri.v1.images".registry]',
+    `  config_path = ${toml(d('certs.d'))}`,
+    '[plugins."io.containerd.cri.v1.runtime".cni]',
+    `  bin_dirs = ${toml([d('cni', 'bin')])}`,
+    `  conf_dir = ${toml(d('cni', 'conf'))}`,
+    '[plugins."io.containerd.transfer.v1.local"]',
+    `  config_path = ${toml(d('certs.d'))}`,
+  ];
+}
+
+const versions = new Map<string, Promise<string>>();
+
+/** The version of a containerd binary (`containerd --version`: "containerd <module> <version> <commit>"), e.g. `2.1.9`. */
+export function containerdVersion(binary: string = CONTAINERD_BINARY): Promise<string> {
+  let v = versions.get(binary);
+  if (v === undefined) {
+    v = execFileP(binary, ['--version'], { timeout: 10_000 }).then(({ stdout }) => {
+      const m = /\sv?(\d+\.\d+\.\d+)/.exec(stdout);
+      if (!m) throw new Error(`cannot read the version of ${binary}: ${JSON.stringify(stdout.slice(0, 200))}`);
+      return m[1]!;
+    });
+    versions.set(binary, v);
+  }
+  return v;
+}
+
+export async function containerdMajorVersion(binary: string = CONTAINERD_BINARY): Promise<number> {
+  return Number((await containerdVersion(binary)).split('.')[0]);
 }
 
 /** `certs.d/<host>/hosts.toml`: resolve and pull from `host` over plain HTTP. */
@@ -261,11 +333,15 @@ async function criAnswers(socket: string): Promise<boolean> {
 
 export async function startContainerd(opts: ContainerdOptions = {}): Promise<Containerd> {
   const snapshotter = opts.snapshotter ?? ((await overlayMountWorks()) ? 'overlayfs' : 'native');
+  const binary = opts.binary ?? CONTAINERD_BINARY;
   const streamProcessors =
     opts.streamProcessors ?? (opts.decoderPath !== undefined ? ocicryptStreamProcessors(opts.decoderPath, opts.args, opts.env) : []);
   const dir = await mkdtemp(path.join(os.tmpdir(), 'e2e-containerd-'));
   const logFile = path.join(dir, 'containerd.log');
   const socket = path.join(dir, 'containerd.sock');
+  const lookupAddress = opts.processorContainerdAddress ?? socket;
+  const processors =
+    lookupAddress === false ? streamProcessors : streamProcessors.map((sp) => ({ ...sp, env: [...(sp.env ?? []), `CONTAINERD_ADDRESS=${lookupAddress}`] }));
   const configFile = path.join(dir, 'config.toml');
   let daemon: Daemon | undefined;
   let stopped = false;
@@ -300,15 +376,17 @@ export async function startContainerd(opts: ContainerdOptions = {}): Promise<Con
       await writeFile(
         configFile,
         containerdConfigToml({
+          version: (await containerdMajorVersion(binary)) >= 2 ? 3 : 2,
+          useLocalImagePull: opts.useLocalImagePull,
           dir,
           snapshotter,
           streamServerPort,
-          streamProcessors,
+          streamProcessors: processors,
           imports: opts.imports ?? [],
           logLevel: opts.logLevel ?? 'info',
         }),
       );
-      daemon = startDaemon(CONTAINERD_BINARY, ['--config', configFile], {
+      daemon = startDaemon(binary, ['--config', configFile], {
         logFile,
         env: { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', ...opts.daemonEnv },
       });
@@ -322,6 +400,8 @@ export async function startContainerd(opts: ContainerdOptions = {}): Promise<Con
       }
     }
     return {
+      binary,
+      version: await containerdVersion(binary),
       dir,
       root: path.join(dir, 'root'),
       state: path.join(dir, 'state'),

@@ -19,6 +19,7 @@ export * from './proc.js';
 export * from './registry.js';
 export * from './skopeo.js';
 export * from './snapshot.js';
+export * from './shared-containerd.js';
 
 export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 

@@ -60,13 +60,15 @@ export function mountLayers(mounts: readonly Mount[]): string[] {
 
 export class SnapshotInspector {
   private readonly grpc: UnixGrpcClient;
-  private readonly md = { 'containerd-namespace': CRI_NAMESPACE };
+  private readonly md: Record<string, string>;
 
   constructor(
     socket: string,
     readonly snapshotter: string,
+    namespace: string = CRI_NAMESPACE,
   ) {
     this.grpc = new UnixGrpcClient(socket);
+    this.md = { 'containerd-namespace': namespace };
   }
 
   /** Stat{snapshotter=1, key=2}; undefined when containerd has no such snapshot. */

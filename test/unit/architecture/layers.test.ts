@@ -15,8 +15,10 @@ const FORBIDDEN: Record<string, readonly string[]> = {
   kbs: ['cli', 'ocicrypt', 'streamprocessor'],
   attest: ['cli', 'kbs', 'ocicrypt', 'streamprocessor'],
   streamprocessor: ['cli', 'kbs', 'ocicrypt'],
-  util: ['cli', 'kbs', 'ocicrypt', 'streamprocessor', 'attest', 'config'],
-  config: ['cli', 'kbs', 'ocicrypt', 'streamprocessor', 'attest'],
+  util: ['cli', 'kbs', 'ocicrypt', 'streamprocessor', 'attest', 'config', 'containerd', 'image'],
+  config: ['cli', 'kbs', 'ocicrypt', 'streamprocessor', 'attest', 'containerd', 'image'],
+  // containerd's API client and the content-store lookup know OCI manifests, not ocicrypt or the KBS.
+  containerd: ['cli', 'kbs', 'ocicrypt', 'streamprocessor', 'attest', 'config', 'image'],
 };
 
 function sources(dir: string): string[] {
