@@ -98,7 +98,7 @@ export async function runDoctor(o: DoctorOptions, onResult: (r: RungResult) => v
     }
   }
 
-  for (const r of await checkContainerd({ configPath: o.containerdConfig, env: o.env, decoderConfig: config?.source })) add(r);
+  for (const r of await checkContainerd({ configPath: o.containerdConfig, env: o.env, decoderConfig: config?.source, lookup: { enabled: (config ?? defaultConfig()).containerd.lookup, address: (config ?? defaultConfig()).containerd.address, timeoutMs: (config ?? defaultConfig()).containerd.timeoutMs } })) add(r);
   add(await checkCache(config?.cache.dir ?? defaultConfig().cache.dir, config !== undefined));
   add(config === undefined ? skip('log', 'needs a valid config') : await checkLog(config, { env: o.env, syslogSocket: o.syslogSocket }));
   return results;

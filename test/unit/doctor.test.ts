@@ -330,10 +330,14 @@ describe('containerd', () => {
     expect(line).toMatch(/— fix: make .*config\.toml import the coco-decoder drop-in: imports = \["\/etc\/containerd\/conf\.d\/\*\.toml"\]/);
   });
 
-  it('zstd under its own ".tar.zstd" processor ID: ✗ explaining that it gets no fd 3', async () => {
+  it('zstd under its own ".tar.zstd" processor ID: noted (content-store lookup), or ✗ with the lookup off', async () => {
     const zstd = `[stream_processors."io.containerd.ocicrypt.decoder.v1.tar.zstd"]\n  accepts = ["${ZSTD_ENC}"]\n  returns = "application/vnd.oci.image.layer.v1.tar+zstd"\n  path = "coco-decoder"\n`;
     const dropIn = DROP_IN.replace(`      "${ZSTD_ENC}",\n`, '') + zstd;
-    const r = await containerdOnly(containerdConfig({ dropIn }));
+    const on = await containerdOnly(containerdConfig({ dropIn }));
+    expect(formatRung(on['containerd']!)).toContain('"io.containerd.ocicrypt.decoder.v1.tar.zstd" gets no fd-3 payload: the decoder looks the layer up in containerd\'s content store');
+    const noLookup = join(tmp, `no-lookup-${++n}.toml`);
+    writeFileSync(noLookup, '[containerd]\nlookup = false\n');
+    const r = byRung(await runDoctor(options({ configPath: noLookup, containerdConfig: containerdConfig({ dropIn }) })));
     expect(formatRung(r['containerd']!)).toMatch(
       /✗ containerd: .*application\/vnd\.oci\.image\.layer\.v1\.tar\+zstd\+encrypted goes to processor "io\.containerd\.ocicrypt\.decoder\.v1\.tar\.zstd", which containerd starts without the layer descriptor on fd 3 .* — fix: move application\/vnd\.oci\.image\.layer\.v1\.tar\+zstd\+encrypted into the accepts of \[stream_processors\."io\.containerd\.ocicrypt\.decoder\.v1\.tar\.gzip"\]/,
     );
@@ -359,10 +363,12 @@ describe('containerd', () => {
     expect(r['cri']!.status).toBe('skip');
   });
 
-  it('key_model other than "node": ✗ cri with the section to fix', async () => {
-    const main = 'version = 2\nimports = ["conf.d/*.toml"]\n[plugins."io.containerd.grpc.v1.cri".image_decryption]\n  key_model = ""\n';
+  it('key_model other than "node": no payload, so the lookup must work; ✗ naming the section and the socket problem', async () => {
+    const main = `version = 2\nimports = ["conf.d/*.toml"]\n[grpc]\n  address = "${join(tmp, 'nowhere.sock')}"\n[plugins."io.containerd.grpc.v1.cri".image_decryption]\n  key_model = ""\n`;
     const r = await containerdOnly(containerdConfig({ main }));
-    expect(formatRung(r['cri']!)).toMatch(/^✗ cri: image_decryption\.key_model = "" in \[plugins\."io\.containerd\.grpc\.v1\.cri"\]: CRI pulls do not pass .* — fix: set key_model = "node"/);
+    expect(formatRung(r['cri']!)).toMatch(
+      /^✗ cri: image_decryption\.key_model = "" in \[plugins\."io\.containerd\.grpc\.v1\.cri"\] \(sources: .*\); the decoder would look layers up in containerd's content store, but it would use \/run\/containerd\/containerd\.sock \(default\) while containerd listens on .*nowhere\.sock/,
+    );
   });
 
   it('the CRI plugin disabled (Docker\'s packaged config, a v1 file): ✗', async () => {
@@ -370,26 +376,47 @@ describe('containerd', () => {
     expect(r['cri']!.detail).toContain('the CRI plugin is disabled (disabled_plugins contains "io.containerd.grpc.v1.cri")');
   });
 
-  it('containerd 2.x: 2.1.4 never sends the payload; 2.2.2 needs use_local_image_pull = true', async () => {
+  it('containerd 2.x: names the pull path (transfer, local, automatic fallback) and how the decoder gets the descriptor on it', async () => {
     const bin = join(tmp, `bin2-${++n}`);
     mkdirSync(bin);
     script(join(bin, 'coco-decoder'), 'echo "coco-decoder 9.9.9"');
     const env = { PATH: `${bin}:${process.env.PATH ?? ''}` };
-    const v3 = (extra = ''): string => containerdConfig({ main: `version = 3\nimports = ["conf.d/*.toml"]\n${extra}`, decoder: join(bin, 'coco-decoder') });
+    const sock = join(tmp, `ctd-${n}.sock`);
+    // A containerd socket answering Namespaces/List, as the lookup probe expects.
+    const grpc = await import('@grpc/grpc-js');
+    const server = new grpc.Server();
+    const raw = { path: '/containerd.services.namespaces.v1.Namespaces/List', requestStream: false, responseStream: false, requestSerialize: (b: Buffer) => b, requestDeserialize: (b: Buffer) => b, responseSerialize: (b: Buffer) => b, responseDeserialize: (b: Buffer) => b };
+    server.addService({ List: raw }, { List: (_call: unknown, cb: (e: null, r: Buffer) => void) => cb(null, Buffer.from([0x0a, 8, 0x0a, 6, ...Buffer.from('k8s.io')])) });
+    await new Promise<void>((resolve, reject) => server.bindAsync(`unix:${sock}`, grpc.ServerCredentials.createInsecure(), (e) => (e ? reject(e) : resolve())));
+    try {
+      const dropIn = DROP_IN.replaceAll('"COCO_DECODER_CONFIG=/etc/coco-decoder/config.toml",', `"COCO_DECODER_CONFIG=/etc/coco-decoder/config.toml", "CONTAINERD_ADDRESS=${sock}",`);
+      const v3 = (extra = '', grpcAddress = sock): string =>
+        containerdConfig({ main: `version = 3\nimports = ["conf.d/*.toml"]\n[grpc]\n  address = "${grpcAddress}"\n${extra}`, dropIn, decoder: join(bin, 'coco-decoder') });
 
-    script(join(bin, 'containerd'), 'echo "containerd github.com/containerd/containerd/v2 v2.1.4 abc"');
-    let r = await containerdOnly(v3(), env);
-    expect(formatRung(r['cri']!)).toMatch(/^✗ cri: containerd 2\.1\.4 never passes the layer descriptor .* — fix: upgrade containerd to 2\.1\.7\+/);
+      script(join(bin, 'containerd'), 'echo "containerd github.com/containerd/containerd/v2 v2.1.4 abc"');
+      let r = await containerdOnly(v3(), env);
+      expect(formatRung(r['cri']!)).toBe(
+        `✓ cri: containerd 2.1.4 never passes it on CRI pulls (removed in 2.0, back in 2.1.7/2.2.2 for local pulls): the decoder looks each layer up in containerd's content store (${sock} answers, namespaces: k8s.io)`,
+      );
 
-    script(join(bin, 'containerd'), 'echo "containerd github.com/containerd/containerd/v2 v2.2.2 abc"');
-    r = await containerdOnly(v3(), env);
-    expect(formatRung(r['cri']!)).toMatch(/^✗ cri: .*only on local image pulls .* — fix: set use_local_image_pull = true under \[plugins\.'io\.containerd\.cri\.v1\.images'\]/);
+      script(join(bin, 'containerd'), 'echo "containerd github.com/containerd/containerd/v2 v2.2.2 abc"');
+      r = await containerdOnly(v3(), env);
+      expect(formatRung(r['cri']!)).toMatch(/^✓ cri: containerd 2\.2\.2: CRI pulls through the transfer service pass no layer descriptor \(fd 3\): the decoder looks each layer up in containerd's content store/);
 
-    r = await containerdOnly(v3(`[plugins.'io.containerd.cri.v1.images']\n  use_local_image_pull = true\n`), env);
-    expect(formatRung(r['cri']!)).toBe(
-      '✓ cri: image_decryption.key_model = "node" (containerd default); containerd 2.2.2 with use_local_image_pull = true: CRI pulls pass the layer descriptor to the stream processor',
-    );
-    expect(r['containerd']!.status).toBe('pass');
+      r = await containerdOnly(v3(`[plugins.'io.containerd.cri.v1.images']\n  use_local_image_pull = true\n`), env);
+      expect(formatRung(r['cri']!)).toBe(
+        '✓ cri: image_decryption.key_model = "node" (containerd default); containerd 2.2.2: CRI local pulls (use_local_image_pull = true) pass the layer descriptor to the stream processor',
+      );
+      r = await containerdOnly(v3(`[plugins.'io.containerd.cri.v1.images']\n  max_concurrent_downloads = 5\n`), env);
+      expect(formatRung(r['cri']!)).toContain('CRI local pulls (automatic fallback: max_concurrent_downloads = 5 is set) pass the layer descriptor');
+      expect(r['containerd']!.status).toBe('pass');
+
+      // The decoder would talk to another socket than the one containerd listens on.
+      r = await containerdOnly(v3('', join(tmp, 'elsewhere.sock')), env);
+      expect(formatRung(r['cri']!)).toMatch(/^✗ cri: .*but it would use .* \(\$CONTAINERD_ADDRESS\) while containerd listens on .*elsewhere\.sock \(\[grpc\] address\) — fix: set \[containerd\] address/);
+    } finally {
+      server.forceShutdown();
+    }
   });
 });
 

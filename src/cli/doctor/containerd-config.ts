@@ -49,6 +49,8 @@ export interface ContainerdConfig {
   /** Which files defined each plugin section (in order). */
   pluginSources: Map<string, string[]>;
   disabledPlugins: string[];
+  /** containerd's socket (`[grpc] address`; the last file that sets it wins). */
+  grpcAddress: string;
 }
 
 /** What containerd registers before reading any file (cmd/containerd/command/config.go `streamProcessors()`). */
@@ -82,6 +84,7 @@ export async function loadContainerdConfig(root: string, containerdMajor: number
     plugins: {},
     pluginSources: new Map(),
     disabledPlugins: [],
+    grpcAddress: '/run/containerd/containerd.sock',
   };
   const loaded = new Set<string>();
   const pending: Array<{ path: string; from: string | undefined }> = [{ path: root, from: undefined }];
@@ -145,6 +148,8 @@ function mergeFile(out: ContainerdConfig, doc: TomlTable, version: number, path:
       if (!out.disabledPlugins.includes(id)) out.disabledPlugins.push(id);
     }
   }
+  const grpc = doc['grpc'];
+  if (isTable(grpc) && typeof grpc['address'] === 'string' && grpc['address'] !== '') out.grpcAddress = grpc['address'];
   const sps = doc['stream_processors'];
   if (isTable(sps)) {
     for (const [id, sp] of Object.entries(sps)) {

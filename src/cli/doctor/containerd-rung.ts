@@ -2,8 +2,10 @@
  * Rungs 6 and 7: containerd will actually run coco-decoder for encrypted layers, with the layer descriptor.
  *   containerd: each encrypted media type is accepted by exactly one stream processor, under an ID containerd
  *     passes fd 3 to, returning a media type containerd can continue with, whose `path` is a working coco-decoder;
- *   cri: the CRI plugin is enabled and sends the payload (`image_decryption.key_model = "node"`; containerd 2.x
- *     only on local pulls, and not at all in 2.0.x–2.1.6 / 2.2.0–2.2.1: CRI `use_local_image_pull`).
+ *   cri: the CRI plugin is enabled, which pull path it takes (containerd 2.x: the transfer service, or a local pull
+ *     when `use_local_image_pull` is set or another setting forces the fallback, CRI `CheckLocalImagePullConfigs`),
+ *     and how the decoder gets the layer descriptor on it: the fd-3 payload (1.x; 2.1.7+/2.2.2+ local pulls), or
+ *     the content-store lookup through containerd's socket, which is then probed.
  */
 import { relative, dirname } from 'node:path';
 import { describeError } from '../../util/errors.js';
@@ -17,6 +19,7 @@ import {
   loadContainerdConfig,
 } from './containerd-config.js';
 import type { ContainerdConfig, StreamProcessor } from './containerd-config.js';
+import type { TomlTable, TomlValue } from 'smol-toml';
 import { containerdVersion, findExecutable, runQuietly } from './executables.js';
 import type { ContainerdVersion } from './executables.js';
 import { fail, pass, skip } from './rung.js';
@@ -38,6 +41,8 @@ export interface ContainerdCheckOptions {
   env: NodeJS.ProcessEnv;
   /** The coco-decoder config the doctor checked (to notice containerd running the decoder with another one). */
   decoderConfig: string | undefined;
+  /** That config's `[containerd]` table: whether the decoder may look layers up, and through which socket. */
+  lookup: { enabled: boolean; address: string | undefined; timeoutMs: number };
 }
 
 export async function checkContainerd(o: ContainerdCheckOptions): Promise<RungResult[]> {
@@ -48,7 +53,7 @@ export async function checkContainerd(o: ContainerdCheckOptions): Promise<RungRe
   } catch (err) {
     return [fail('containerd', describeError(err), 'correct that file: containerd refuses to start with it'), skip('cri', 'needs a readable containerd config')];
   }
-  return [await checkProcessors(cfg, o), checkCri(cfg, version)];
+  return [await checkProcessors(cfg, o), await checkCri(cfg, version, o)];
 }
 
 interface Finding {
@@ -63,6 +68,7 @@ async function checkProcessors(cfg: ContainerdConfig, o: ContainerdCheckOptions)
     : `create ${cfg.root} with imports = ["${dirname(DROP_IN)}/*.toml"] (the coco-decoder drop-in), then restart containerd`;
   const chosen = new Map<string, StreamProcessor>();
   const routes: string[] = [];
+  const notes: string[] = [];
 
   for (const m of ENCRYPTED) {
     const handlers = [...cfg.processors.values()].filter((p) => p.accepts.includes(m.type));
@@ -78,12 +84,14 @@ async function checkProcessors(cfg: ContainerdConfig, o: ContainerdCheckOptions)
       continue;
     }
     const h = handlers[0]!;
-    if (!PAYLOAD_IDS.includes(h.id)) {
+    if (!PAYLOAD_IDS.includes(h.id) && o.lookup.enabled) {
+      notes.push(`"${h.id}" gets no fd-3 payload: the decoder looks the layer up in containerd's content store (see the cri rung)`);
+    } else if (!PAYLOAD_IDS.includes(h.id)) {
       findings.push({
         problem:
           `${m.type} goes to processor "${h.id}", which containerd starts without the layer descriptor on fd 3 ` +
           `(it passes it only to ${GZIP_DECODER_ID} and ${TAR_DECODER_ID}), so no layer can be decrypted`,
-        fix: `move ${m.type} into the accepts of [stream_processors."${homeId(m.type)}"] (${h.source})`,
+        fix: `move ${m.type} into the accepts of [stream_processors."${homeId(m.type)}"] (${h.source}), or allow the content-store lookup ([containerd] lookup = true)`,
       });
       continue;
     }
@@ -99,7 +107,6 @@ async function checkProcessors(cfg: ContainerdConfig, o: ContainerdCheckOptions)
   }
 
   const binaries: string[] = [];
-  const notes: string[] = [];
   // One check per distinct `path` (both IDs normally run the same binary).
   const byPath = new Map<string, StreamProcessor[]>();
   for (const h of chosen.values()) byPath.set(h.path, [...(byPath.get(h.path) ?? []), h]);
@@ -140,7 +147,7 @@ async function checkProcessors(cfg: ContainerdConfig, o: ContainerdCheckOptions)
   return pass('containerd', `${files}: ${routes.join(', ')}, running ${binaries.join(', ')}${notes.length ? `; ${dedupe(notes).join('; ')}` : ''}`);
 }
 
-function checkCri(cfg: ContainerdConfig, version: ContainerdVersion | undefined): RungResult {
+async function checkCri(cfg: ContainerdConfig, version: ContainerdVersion | undefined, o: ContainerdCheckOptions): Promise<RungResult> {
   const where = cfg.rootExists ? cfg.root : `${cfg.root} (absent: containerd defaults)`;
   const disabled = cfg.disabledPlugins.filter((id) => [CRI_V2_PLUGIN, CRI_IMAGES_V3_PLUGIN].includes(id));
   if (disabled.length > 0) {
@@ -155,34 +162,89 @@ function checkCri(cfg: ContainerdConfig, version: ContainerdVersion | undefined)
   const decryption = isTable(images) ? images['image_decryption'] : undefined;
   const keyModel = isTable(decryption) ? decryption['key_model'] : undefined;
   const sources = cfg.pluginSources.get(imagesId)?.join(', ') ?? where;
-  if (keyModel !== undefined && keyModel !== 'node') {
-    return fail(
-      'cri',
-      `image_decryption.key_model = ${JSON.stringify(keyModel)} in [plugins."${imagesId}"]: CRI pulls do not pass the layer descriptor to stream processors`,
-      `set key_model = "node" under [plugins."${imagesId}".image_decryption] in ${sources} (or remove it: "node" is the default)`,
-    );
-  }
-  const keyModelText = `image_decryption.key_model = "node"${keyModel === undefined ? ' (containerd default)' : ''}`;
   const is2x = version ? version.major >= 2 : cfg.targetVersion >= 3;
   const named = version ? `containerd ${version.text}` : `containerd (version unknown: no containerd in PATH; config version ${cfg.rootVersion || 1})`;
-  if (!is2x) return pass('cri', `${keyModelText}; ${named}: CRI pulls pass the layer descriptor to the stream processor`);
+  const keyModelText = `image_decryption.key_model = "node"${keyModel === undefined ? ' (containerd default)' : ''}`;
+  const nodeKeys = keyModel === undefined || keyModel === 'node';
 
-  if (version && neverSendsPayload(version)) {
+  // Which path CRI pulls take, and whether it hands the processors the payload.
+  let pullPath: string;
+  let payload: boolean;
+  if (!is2x) {
+    pullPath = 'CRI pulls (client pull)';
+    payload = nodeKeys;
+  } else {
+    const forced = isTable(images) ? localPullFallback(images) : undefined;
+    const local = isTable(images) && images['use_local_image_pull'] === true;
+    pullPath = local ? 'CRI local pulls (use_local_image_pull = true)' : forced ? `CRI local pulls (automatic fallback: ${forced} is set)` : 'CRI pulls through the transfer service';
+    payload = (local || forced !== undefined) && nodeKeys && !(version && neverSendsPayload(version));
+  }
+  if (payload) return pass('cri', `${keyModelText}; ${named}: ${pullPath} pass the layer descriptor to the stream processor`);
+
+  const why = !nodeKeys
+    ? `image_decryption.key_model = ${JSON.stringify(keyModel)} in [plugins."${imagesId}"] (sources: ${sources})`
+    : version && neverSendsPayload(version)
+      ? `${named} never passes it on CRI pulls (removed in 2.0, back in 2.1.7/2.2.2 for local pulls)`
+      : `${named}: ${pullPath} pass no layer descriptor (fd 3)`;
+  if (!o.lookup.enabled) {
     return fail(
       'cri',
-      `${named} never passes the layer descriptor to stream processors on CRI pulls (decryption was removed in 2.0 and reinstated in 2.1.7/2.2.2 for local pulls)`,
-      `upgrade containerd to 2.1.7+, 2.2.2+ or 2.3+ and set use_local_image_pull = true under [plugins.'${CRI_IMAGES_V3_PLUGIN}']`,
+      `${why}, and the content-store lookup is off ([containerd] lookup = false)`,
+      is2x ? `set [containerd] lookup = true in the coco-decoder config, or use_local_image_pull = true under [plugins.'${CRI_IMAGES_V3_PLUGIN}'] (containerd 2.1.7+/2.2.2+)` : `set key_model = "node" under [plugins."${imagesId}".image_decryption] in ${sources}`,
     );
   }
-  const local = isTable(images) ? images['use_local_image_pull'] : undefined;
-  if (local !== true) {
-    return fail(
-      'cri',
-      `${keyModelText}, but ${named} passes the layer descriptor only on local image pulls and use_local_image_pull is not set (the transfer service never does)`,
-      `set use_local_image_pull = true under [plugins.'${CRI_IMAGES_V3_PLUGIN}'] in ${where} and restart containerd`,
-    );
+  const probe = await probeLookup(cfg, o);
+  if (!probe.ok) return fail('cri', `${why}; the decoder would look layers up in containerd's content store, but ${probe.problem}`, probe.fix);
+  return pass('cri', `${why}: the decoder looks each layer up in containerd's content store (${probe.detail})`);
+}
+
+/** The first setting that makes containerd 2.x CRI fall back from the transfer service to a local pull. */
+export function localPullFallback(images: TomlTable): string | undefined {
+  const reg = images['registry'];
+  const registry: TomlTable = isTable(reg) ? reg : {};
+  const nonEmpty = (v: TomlValue | undefined): boolean => isTable(v) && Object.keys(v).length > 0;
+  if (images['disable_snapshot_annotations'] === false) return 'disable_snapshot_annotations = false';
+  if (images['discard_unpacked_layers'] === true) return 'discard_unpacked_layers = true';
+  if (nonEmpty(registry['mirrors'])) return 'registry.mirrors';
+  if (nonEmpty(registry['configs'])) return 'registry.configs';
+  if (nonEmpty(registry['auths'])) return 'registry.auths';
+  const mcd = images['max_concurrent_downloads'];
+  if (mcd !== undefined && Number(mcd) !== 3) return `max_concurrent_downloads = ${String(mcd)}`;
+  if (images['image_pull_with_sync_fs'] === true) return 'image_pull_with_sync_fs = true';
+  return undefined;
+}
+
+/** The socket the decoder will use for the lookup must be containerd's, and answer. */
+async function probeLookup(cfg: ContainerdConfig, o: ContainerdCheckOptions): Promise<{ ok: true; detail: string } | { ok: false; problem: string; fix: string }> {
+  const gz = cfg.processors.get(GZIP_DECODER_ID);
+  const fromEnv = gz?.env.find((e) => e.startsWith('CONTAINERD_ADDRESS='))?.slice('CONTAINERD_ADDRESS='.length);
+  const { resolveContainerdAddress } = await import('../../containerd/address.js');
+  let address;
+  try {
+    address = resolveContainerdAddress(fromEnv !== undefined ? { CONTAINERD_ADDRESS: fromEnv } : {}, o.lookup.address);
+  } catch (err) {
+    return { ok: false, problem: describeError(err), fix: 'set a Unix socket path (/path or unix:///path)' };
   }
-  return pass('cri', `${keyModelText}; ${named} with use_local_image_pull = true: CRI pulls pass the layer descriptor to the stream processor`);
+  const containerdSocket = cfg.grpcAddress.replace(/^unix:(?:\/\/)?/, '');
+  if (address.path !== containerdSocket) {
+    return {
+      ok: false,
+      problem: `it would use ${address.path} (${address.source}) while containerd listens on ${containerdSocket} ([grpc] address)`,
+      fix: `set [containerd] address = "${containerdSocket}" in the coco-decoder config (or CONTAINERD_ADDRESS in the processors' env)`,
+    };
+  }
+  const { connectContainerd } = await import('../../containerd/client.js');
+  try {
+    const source = await connectContainerd(address, { deadline: Date.now() + Math.min(o.lookup.timeoutMs, 5_000) });
+    try {
+      const namespaces = await source.namespaces();
+      return { ok: true, detail: `${address.path} answers, namespaces: ${namespaces.length === 0 ? '(none yet)' : namespaces.join(', ')}` };
+    } finally {
+      source.close();
+    }
+  } catch (err) {
+    return { ok: false, problem: describeError(err), fix: `start containerd, or run doctor as the user containerd runs the decoder as (root)` };
+  }
 }
 
 /** containerd 2.0.x, 2.1.0–2.1.6 and 2.2.0–2.2.1 have image decryption commented out of the CRI pull. */
