@@ -7,7 +7,8 @@
  *   3. az-tdx-vtpm: TD quote for the HCL report's TDREPORT from IMDS;
  *   4. TPM2_Quote with the AK 0x81000003 over SHA-256 PCRs 0–23, qualifying data = report data; PCR_Read;
  *   5. az-snp-vtpm: VCEK from IMDS.
- * Evidence v2, the shape trustee's `deps/verifier/src/az_{snp,tdx}_vtpm/compat.rs` `EvidenceV2` deserialises.
+ * Evidence v2, the shape trustee's `deps/verifier/src/az_{snp,tdx}_vtpm/compat.rs` `EvidenceV2` deserialises, or
+ * the same shape labelled v1 for trustee v0.18–v0.20 (`attestation.azure_evidence_version`).
  */
 import { createHash } from 'node:crypto';
 import type { AttestationConfig } from '../config/types.js';
@@ -37,7 +38,6 @@ export const AK_HANDLE = 0x81000003;
 export const QUOTE_PCRS = { hashAlg: TPM_ALG_SHA256, pcrs: Array.from({ length: 24 }, (_, i) => i) };
 /** az-cvm-vtpm sleeps this long after writing the report data "to avoid retrieving a stale report". */
 export const HCL_REFRESH_DELAY_MS = 3000;
-const EVIDENCE_VERSION = 2;
 /** A PCR extended between TPM2_Quote and TPM2_PCR_Read breaks the digest; quote again this many times. */
 const QUOTE_ATTEMPTS = 3;
 
@@ -47,13 +47,14 @@ export interface TpmQuoteJson {
   pcrs: string[];
 }
 export interface AzSnpVtpmEvidence {
-  version: 2;
+  /** 2 (trustee ≥ v0.21) or 1 (v0.18–v0.20): the same shape (trustee `compat.rs` `EvidenceV1`/`EvidenceV2`). */
+  version: 1 | 2;
   tpm_quote: TpmQuoteJson;
   hcl_report: string;
   vcek: string;
 }
 export interface AzTdxVtpmEvidence {
-  version: 2;
+  version: 1 | 2;
   tpm_quote: TpmQuoteJson;
   hcl_report: string;
   td_quote: string;
@@ -81,7 +82,7 @@ export function createAzureVtpmAttester(tee: AzureTee, config: AttestationConfig
         return abortable(transport(command), signal, 'vTPM evidence');
       };
       // The NV index is shared state: one evidence collection at a time.
-      const run = queue.then(() => collectEvidence(tee, bound, imds, delayMs, Buffer.from(reportData)));
+      const run = queue.then(() => collectEvidence(tee, bound, imds, delayMs, Buffer.from(reportData), config.azureEvidenceVersion ?? 2));
       queue = run.catch(() => undefined);
       return abortable(run, signal, 'vTPM evidence');
     },
@@ -94,6 +95,7 @@ async function collectEvidence(
   imds: AzureImds,
   delayMs: number,
   reportData: Buffer,
+  version: 1 | 2,
 ): Promise<AzSnpVtpmEvidence | AzTdxVtpmEvidence> {
   if (reportData.length === 0 || reportData.length > MAX_QUALIFYING_DATA) {
     throw new DecoderError(`${tee}: report data must be 1..${MAX_QUALIFYING_DATA} bytes, got ${reportData.length}`);
@@ -116,9 +118,9 @@ async function collectEvidence(
   const quote = await quoteWithPcrs(transport, reportData);
   const hclReport = base64UrlPadded(hclBytes);
   if (tee === 'az-snp-vtpm') {
-    return { version: EVIDENCE_VERSION, tpm_quote: quote, hcl_report: hclReport, vcek: base64UrlPadded(await imds.vcekDer()) };
+    return { version, tpm_quote: quote, hcl_report: hclReport, vcek: base64UrlPadded(await imds.vcekDer()) };
   }
-  return { version: EVIDENCE_VERSION, tpm_quote: quote, hcl_report: hclReport, td_quote: base64UrlPadded(tdQuote!) };
+  return { version, tpm_quote: quote, hcl_report: hclReport, td_quote: base64UrlPadded(tdQuote!) };
 }
 
 /** az-cvm-vtpm `get_report_with_report_data`. */

@@ -88,6 +88,7 @@ export function parseConfig(text: string, file: string): Config {
   cfg.kbs.totalTimeoutMs = v.posInt(kbs, 'kbs.total_timeout_ms') ?? cfg.kbs.totalTimeoutMs;
   cfg.kbs.teeKeyAlgorithm = v.oneOf(kbs, 'kbs.tee_key_algorithm', ['ec-p256', 'rsa-oaep-256'] as const) ?? cfg.kbs.teeKeyAlgorithm;
   cfg.kbs.protocol = v.oneOf(kbs, 'kbs.protocol', ['auto', '0.4.0', '0.2.0'] as const) ?? cfg.kbs.protocol;
+  cfg.kbs.teeNames = v.oneOf(kbs, 'kbs.tee_names', ['auto', 'current', 'legacy'] as const) ?? cfg.kbs.teeNames;
 
   cfg.attestation.tee =
     v.oneOf(at, 'attestation.tee', ['auto', 'sample', 'tdx', 'snp', 'az-tdx-vtpm', 'az-snp-vtpm'] as const) ??
@@ -99,6 +100,9 @@ export function parseConfig(text: string, file: string): Config {
   cfg.attestation.ccelPath = v.absPath(at, 'attestation.ccel_path') ?? cfg.attestation.ccelPath;
   cfg.attestation.addonPath = v.absPath(at, 'attestation.addon_path') ?? cfg.attestation.addonPath;
   cfg.attestation.tpmDevice = v.absPath(at, 'attestation.tpm_device') ?? cfg.attestation.tpmDevice;
+  const azv = v.intRange(at, 'attestation.azure_evidence_version', 0, 2);
+  if (azv === 0) throw v.fail('attestation.azure_evidence_version', 'of 0 (trustee before v0.18) is not supported: use 1 with trustee v0.18–v0.20, 2 from v0.21');
+  if (azv !== undefined) cfg.attestation.azureEvidenceVersion = azv as 1 | 2;
 
   cfg.cache.dir = v.absPath(cache, 'cache.dir') ?? cfg.cache.dir;
   cfg.cache.refreshMarginSeconds =
@@ -126,8 +130,8 @@ export function parseConfig(text: string, file: string): Config {
 }
 
 const TABLES = {
-  kbs: ['url', 'cert', 'cert_only', 'allow_http', 'timeout_ms', 'total_timeout_ms', 'tee_key_algorithm', 'protocol'],
-  attestation: ['tee', 'snp_vmpl', 'configfs_tsm_root', 'tdx_guest_device', 'sev_guest_device', 'ccel_path', 'addon_path', 'tpm_device'],
+  kbs: ['url', 'cert', 'cert_only', 'allow_http', 'timeout_ms', 'total_timeout_ms', 'tee_key_algorithm', 'protocol', 'tee_names'],
+  attestation: ['tee', 'snp_vmpl', 'configfs_tsm_root', 'tdx_guest_device', 'sev_guest_device', 'ccel_path', 'addon_path', 'tpm_device', 'azure_evidence_version'],
   cache: ['dir', 'refresh_margin_seconds', 'lock_timeout_ms'],
   log: ['level', 'file', 'syslog', 'syslog_failures', 'format'],
   keyprovider: ['timeout_ms', 'wrap_kid', 'wrap_kek_file'],

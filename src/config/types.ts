@@ -9,6 +9,8 @@ export type TeeType = 'sample' | 'tdx' | 'snp' | 'az-tdx-vtpm' | 'az-snp-vtpm';
 export type TeeSelection = 'auto' | TeeType;
 export type TeeKeyAlgorithm = 'ec-p256' | 'rsa-oaep-256';
 export type KbsProtocol = 'auto' | '0.4.0' | '0.2.0';
+/** How the Azure TEEs are spelled at /auth: kbs-types ≥ 0.14 (trustee ≥ v0.16) `az-snp-vtpm`, before `azsnpvtpm`. */
+export type TeeNames = 'auto' | 'current' | 'legacy';
 export type { LogLevel };
 
 export interface KbsConfig {
@@ -27,6 +29,8 @@ export interface KbsConfig {
   teeKeyAlgorithm: TeeKeyAlgorithm;
   /** `auto`: start with 0.4.0 and fall back to 0.2.0 on trustee's version-mismatch 401. */
   protocol: KbsProtocol;
+  /** `auto`: legacy names with protocol 0.2.0, current ones with 0.4.0 (set `legacy` for trustee v0.14–v0.15). */
+  teeNames: TeeNames;
 }
 
 export interface AttestationConfig {
@@ -42,6 +46,8 @@ export interface AttestationConfig {
   addonPath: string;
   /** TPM character device of the Azure CVM vTPM attesters (kernel resource manager). */
   tpmDevice: string;
+  /** Azure vTPM evidence format: 2 (trustee ≥ v0.21), 1 (trustee v0.18–v0.20 accept only up to 1). */
+  azureEvidenceVersion: 1 | 2;
 }
 
 export interface CacheConfig {
@@ -119,6 +125,7 @@ export function defaultConfig(): Config {
       totalTimeoutMs: 60_000,
       teeKeyAlgorithm: 'ec-p256',
       protocol: 'auto',
+      teeNames: 'auto',
     },
     attestation: {
       tee: 'auto',
@@ -129,6 +136,7 @@ export function defaultConfig(): Config {
       ccelPath: '/sys/firmware/acpi/tables/data/CCEL',
       addonPath: '/usr/lib/coco-decoder/tee.node',
       tpmDevice: '/dev/tpmrm0',
+      azureEvidenceVersion: 2,
     },
     cache: { dir: '/run/coco-decoder', refreshMarginSeconds: 30, lockTimeoutMs: 60_000 },
     log: { level: 'error', file: undefined, syslog: false, syslogFailures: true, format: 'text' },

@@ -5,7 +5,7 @@
  */
 import { flattenedDecrypt } from 'jose';
 import type { Attester } from '../attest/attester.js';
-import type { KbsProtocol, TeeKeyAlgorithm } from '../config/types.js';
+import type { KbsProtocol, TeeKeyAlgorithm, TeeNames } from '../config/types.js';
 import type { Deadline } from './deadline.js';
 import { KbsError, errorFromResponse } from './errors.js';
 import type { KbsEndpoint } from './errors.js';
@@ -52,6 +52,8 @@ export interface AttestOptions {
   /** Dialect remembered in the cache for this KBS (skips the mismatch round trip). */
   dialectHint: ProtocolVersion | undefined;
   deadline: Deadline;
+  /** Spelling of the Azure TEE names (`kbs.tee_names`). */
+  teeNames?: TeeNames;
 }
 
 const MAX_JSON_BYTES = 64 * 1024;
@@ -68,7 +70,7 @@ export async function attest(o: AttestOptions): Promise<Attestation> {
 
   for (let switched = false; ; ) {
     const res = await o.http.send(
-      { method: 'POST', path: '/kbs/v0/auth', json: buildAuthRequest(dialect, tee), maxBytes: MAX_JSON_BYTES, what: 'POST /kbs/v0/auth' },
+      { method: 'POST', path: '/kbs/v0/auth', json: buildAuthRequest(dialect, tee, o.teeNames), maxBytes: MAX_JSON_BYTES, what: 'POST /kbs/v0/auth' },
       o.deadline,
     );
     if (res.status !== 200) {

@@ -193,6 +193,7 @@ export function createKeySource(opts: KeySourceOptions): KeySource {
       protocol: config.kbs.protocol,
       dialectHint: hint,
       deadline,
+      teeNames: config.kbs.teeNames,
     });
     const expiresAtMs = localExpiry(readTokenTimes(a.token), a.receivedAtMs);
     return { token: a.token, keyPair: a.keyPair, dialect: a.dialect, cookie: a.cookie, expiresAtMs, fresh: true };

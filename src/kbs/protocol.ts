@@ -5,6 +5,7 @@
  */
 import { createHash } from 'node:crypto';
 import type { TeeType } from '../attest/attester.js';
+import type { TeeNames } from '../config/types.js';
 import { DecoderError } from '../util/errors.js';
 import { canonicalJson } from './canonical-json.js';
 import type { CanonicalValue } from './canonical-json.js';
@@ -27,12 +28,21 @@ const SUPPORTED_HASHES: readonly HashAlgorithm[] = ['sha256', 'sha384', 'sha512'
 
 export interface AuthRequest {
   version: ProtocolVersion;
-  tee: TeeType;
+  tee: string;
   'extra-params': { 'supported-hash-algorithms': HashAlgorithm[] };
 }
 
-export function buildAuthRequest(version: ProtocolVersion, tee: TeeType): AuthRequest {
-  return { version, tee, 'extra-params': { 'supported-hash-algorithms': [...SUPPORTED_HASHES] } };
+/** kbs-types before 0.14 (trustee ≤ v0.15) serialised the Azure TEEs lowercase without hyphens, with no alias. */
+const LEGACY_TEE_NAMES: Partial<Record<TeeType, string>> = { 'az-snp-vtpm': 'azsnpvtpm', 'az-tdx-vtpm': 'aztdxvtpm' };
+
+/** The `tee` string a KBS of this dialect expects: `auto` takes the legacy names with 0.2.0 (trustee v0.12–v0.13). */
+export function teeWireName(tee: TeeType, version: ProtocolVersion, names: TeeNames = 'auto'): string {
+  const legacy = names === 'legacy' || (names === 'auto' && version === '0.2.0');
+  return (legacy ? LEGACY_TEE_NAMES[tee] : undefined) ?? tee;
+}
+
+export function buildAuthRequest(version: ProtocolVersion, tee: TeeType, names: TeeNames = 'auto'): AuthRequest {
+  return { version, tee: teeWireName(tee, version, names), 'extra-params': { 'supported-hash-algorithms': [...SUPPORTED_HASHES] } };
 }
 
 export interface Challenge {

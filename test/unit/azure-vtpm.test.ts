@@ -246,6 +246,13 @@ describe.skipIf(SKIP !== '')('Azure vTPM attesters on swtpm', () => {
     expect((await tools(['tpm2_nvread', '-C', 'o', '0x01400001'])).equals(Buffer.from(ev.hcl_report, 'base64url'))).toBe(true);
   }, 60_000);
 
+  it('labels the evidence version 1 for trustee v0.18-v0.20 when attestation.azure_evidence_version = 1', async () => {
+    const attester = createAzureVtpmAttester('az-snp-vtpm', { ...defaultConfig().attestation, azureEvidenceVersion: 1 }, { transport: withParavisor(true), imds: fakeImds(), hclRefreshDelayMs: 0 });
+    const ev = (await attester.getEvidence(reportData)) as AzSnpVtpmEvidence;
+    expect(ev.version).toBe(1);
+    expect(Object.keys(ev)).toEqual(['version', 'tpm_quote', 'hcl_report', 'vcek']);
+  }, 60_000);
+
   it('quotes SHA-256 PCRs 0-23 as they are (PCR 8 after an extend equals tpm2_pcrread)', async () => {
     await tools(['tpm2_pcrextend', `8:sha256=${'ab'.repeat(32)}`]);
     const attester = createAzureVtpmAttester('az-snp-vtpm', defaultConfig().attestation, { transport: withParavisor(true), imds: fakeImds(), hclRefreshDelayMs: 0 });

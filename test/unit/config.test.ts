@@ -33,6 +33,7 @@ timeout_ms = 5000
 total_timeout_ms = 45000
 tee_key_algorithm = "rsa-oaep-256"
 protocol = "0.2.0"
+tee_names = "legacy"
 
 [attestation]
 tee = "snp"
@@ -41,6 +42,7 @@ configfs_tsm_root = "/sys/kernel/config/tsm/report"
 tdx_guest_device = "/dev/tdx-guest"
 sev_guest_device = "/dev/sev-guest0"
 ccel_path = "/tmp/ccel"
+azure_evidence_version = 1
 addon_path = "/opt/tee.node"
 tpm_device = "/dev/tpmrm1"
 
@@ -115,6 +117,7 @@ describe('keys', () => {
         totalTimeoutMs: 45000,
         teeKeyAlgorithm: 'rsa-oaep-256',
         protocol: '0.2.0',
+        teeNames: 'legacy',
       },
       attestation: {
         tee: 'snp',
@@ -125,6 +128,7 @@ describe('keys', () => {
         ccelPath: '/tmp/ccel',
         addonPath: '/opt/tee.node',
         tpmDevice: '/dev/tpmrm1',
+        azureEvidenceVersion: 1,
       },
       cache: { dir: '/run/coco', refreshMarginSeconds: 0, lockTimeoutMs: 1000 },
       log: { level: 'debug', file: '/var/log/coco-decoder.log', syslog: true, syslogFailures: false, format: 'json' },
@@ -132,6 +136,10 @@ describe('keys', () => {
       integrity: { checkPlainDigest: true },
       containerd: { address: 'unix:///run/k3s/containerd/containerd.sock', lookup: false, timeoutMs: 2500 },
     });
+  });
+
+  it('attestation.azure_evidence_version 0 is refused with the trustee versions that need each', () => {
+    expect(() => parseConfig('[attestation]\nazure_evidence_version = 0\n', '/c.toml')).toThrow(/use 1 with trustee v0\.18–v0\.20, 2 from v0\.21/);
   });
 
   it('containerd.address must be a Unix socket path', () => {

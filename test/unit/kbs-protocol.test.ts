@@ -83,6 +83,16 @@ describe('runtime data (report data binding)', () => {
       'extra-params': { 'supported-hash-algorithms': ['sha256', 'sha384', 'sha512'] },
     });
   });
+
+  it('spells the Azure TEEs per dialect: az-snp-vtpm from trustee v0.16 (kbs-types 0.14), azsnpvtpm before', () => {
+    expect(buildAuthRequest('0.4.0', 'az-snp-vtpm').tee).toBe('az-snp-vtpm');
+    expect(buildAuthRequest('0.2.0', 'az-snp-vtpm').tee).toBe('azsnpvtpm');
+    expect(buildAuthRequest('0.2.0', 'az-tdx-vtpm').tee).toBe('aztdxvtpm');
+    // trustee v0.14-v0.15 speak 0.4.0 with the old names: kbs.tee_names = "legacy".
+    expect(buildAuthRequest('0.4.0', 'az-tdx-vtpm', 'legacy').tee).toBe('aztdxvtpm');
+    expect(buildAuthRequest('0.2.0', 'az-snp-vtpm', 'current').tee).toBe('az-snp-vtpm');
+    expect(buildAuthRequest('0.2.0', 'tdx', 'legacy').tee).toBe('tdx');
+  });
 });
 
 describe('TEE key', () => {
