@@ -261,9 +261,13 @@ script.runInThisContext()(exports, require, module, __filename, __dirname);
 
 /**
  * The training run: the pinned node runs the wrapped bundle exactly as the loader will (same source, same file
- * name) on a real layer through the stream-processor contract (payload on fd 3 from containerd 1.6.20, ciphertext
- * on a stdin pipe, the fixture keys directory), and writes V8's code cache at exit, when every function of that
- * path has been compiled. The cache is then checked to be accepted by a fresh pinned node.
+ * name) on a real layer through the stream-processor contract (ciphertext on a stdin pipe, the fixture keys
+ * directory), and writes V8's code cache at exit, when every function of that path has been compiled. The fd-3
+ * payload is containerd 1.6.20's for that layer with the key annotations left out, so the run takes both paths in
+ * one: the payload is read and decoded, then the descriptor is looked up over gRPC in a stand-in for containerd's
+ * content store (training-containerd.mjs), then the layer is decrypted. Loading and compiling @grpc/grpc-js is most
+ * of what the lookup costs per layer, so it belongs in the cache. The cache is then checked to be accepted by a
+ * fresh pinned node.
  */
 async function trainCodeCache(wrappedFile, cacheFile) {
   const fixtures = path.join(ROOT, 'test', 'fixtures', 'ocicrypt');
@@ -277,7 +281,19 @@ async function trainCodeCache(wrappedFile, cacheFile) {
   const payload = fs.readFileSync(payloadFile);
   const m = /"Descriptor":\{"mediaType":"([^"]+)","digest":"sha256:([0-9a-f]{64})"/.exec(payload.toString('latin1'));
   if (!m) throw new BuildError(`${path.relative(ROOT, payloadFile)}: no layer descriptor found`);
-  const layer = fs.readFileSync(path.join(fixtures, 'enc-jwe-rsa', 'blobs', 'sha256', m[2]));
+  const blobDir = path.join(fixtures, 'enc-jwe-rsa', 'blobs', 'sha256');
+  const layer = fs.readFileSync(path.join(blobDir, m[2]));
+  const manifestDigest = JSON.parse(fs.readFileSync(path.join(fixtures, 'enc-jwe-rsa', 'index.json'), 'utf8')).manifests[0].digest;
+  const blobs = new Map(fs.readdirSync(blobDir).map((hex) => [`sha256:${hex}`, fs.readFileSync(path.join(blobDir, hex))]));
+  // The same payload without the layer's annotations (containerd's shape: Any{type_url, value = Go JSON}).
+  const json = Buffer.from(JSON.stringify({ DecryptConfig: { Parameters: null }, Descriptor: { mediaType: m[1], digest: `sha256:${m[2]}`, size: layer.length } }));
+  const typeUrl = Buffer.from('io.containerd.ocicrypt.v1.Payload');
+  const lenVarint = (n) => (n < 128 ? Buffer.from([n]) : Buffer.from([(n & 0x7f) | 0x80, n >> 7]));
+  const bare = Buffer.concat([Buffer.from([0x0a]), lenVarint(typeUrl.length), typeUrl, Buffer.from([0x12]), lenVarint(json.length), json]);
+  const socket = path.join(WORK, 'training-containerd.sock');
+  fs.rmSync(socket, { force: true });
+  const { startTrainingContainerd } = await import('./training-containerd.mjs');
+  const stopContainerd = await startTrainingContainerd(socket, { blobs, manifest: manifestDigest, layer: `sha256:${m[2]}` });
   const trainer = path.join(WORK, 'train.cjs');
   fs.writeFileSync(
     trainer,
@@ -292,7 +308,7 @@ script.runInThisContext()(exports, require, module, __filename, __dirname);
 `,
   );
   fs.rmSync(cacheFile, { force: true });
-  const env = { PATH: process.env.PATH ?? '/usr/bin:/bin', STREAM_PROCESSOR_MEDIATYPE: m[1] };
+  const env = { PATH: process.env.PATH ?? '/usr/bin:/bin', STREAM_PROCESSOR_MEDIATYPE: m[1], CONTAINERD_ADDRESS: socket };
   const result = await new Promise((resolve, reject) => {
     // With the shipped config, as installed packages run: its TOML parsing and validation are trained too.
     const args = [trainer, wrappedFile, cacheFile, '--decryption-keys-path', keysDir, '--config', SHIPPED_CONFIG];
@@ -307,13 +323,15 @@ script.runInThisContext()(exports, require, module, __filename, __dirname);
     child.on('error', reject);
     child.stdio[3].on('error', () => {}); // a decoder that fails early closes fd 3: its exit status tells
     child.stdin.on('error', () => {});
-    child.stdio[3].end(payload);
+    child.stdio[3].end(bare);
     child.stdin.end(layer);
     child.on('close', (code, signal) => {
       clearTimeout(timer);
       resolve({ code, signal, stderr });
     });
   });
+  await stopContainerd();
+  fs.rmSync(socket, { force: true });
   if (result.code !== 0 || !fs.existsSync(cacheFile)) {
     throw new BuildError(`code-cache training run failed (${result.signal ?? `exit ${result.code}`}): ${result.stderr.trim()}`);
   }

@@ -7,7 +7,9 @@
  *   2. Go's ocicrypt (Debian's skopeo) decrypting the same image;
  *   3. per-layer overhead on a tiny layer vs `node -e 0`, with and without NODE_EXTRA_CA_CERTS;
  *   4. peak RSS decrypting a 4 GiB layer;
- *   5. attestation-agent layers against the in-process test KBS: warm vs cold token cache, KBS round trips.
+ *   5. attestation-agent layers against the in-process test KBS: warm vs cold token cache, KBS round trips;
+ *   6. the payload-less path (containerd 2.x transfer service, ctr): the descriptor looked up in a real
+ *      containerd's content store, per layer and on the 1 GiB layer, next to the fd-3 payload path.
  *
  * Prints a table (stdout; progress on stderr) and writes dist/bench.json. Exit 0 when everything ran (a missed
  * target is shown as ✗, not an error: this is a shared, noisy machine), 1 when something failed to run, unless
@@ -26,6 +28,7 @@ import { runDecoder, type RunDecoderResult } from '../helpers/run-decoder.js';
 import { startTestKbs, type TestKbs, type TestKbsCounters } from '../kbs/server.js';
 import { buildEvpDecode, extractCtdDecoder, runThroughPipe, type PipeRun } from './c-reference.js';
 import { keystream } from './keystream.js';
+import { startLookupBench, type LookupBench } from './lookup.js';
 import { machineNode } from './machine-node.js';
 import { nodeCryptoSpeed } from './node-crypto-speed.js';
 import { aesCtrSpeed, combined, hmacSha256Speed, opensslVersion } from './openssl-speed.js';
@@ -178,6 +181,38 @@ async function main(): Promise<number> {
       `Per-layer: median of ${SMALL_RUNS} interleaved runs, wall time from spawn to exit; node = ${node}` +
         (extraCa ? `; "set" = NODE_EXTRA_CA_CERTS=${extraCa} for both.` : '; NODE_EXTRA_CA_CERTS is not set here and no CA bundle was found: only "unset" measured.'),
     );
+
+    // ---------------- payload-less path: content-store lookup (tiny layer) ----------------
+    progress('content-store lookup: a private registry and containerd, the tiny image pushed and pulled through CRI');
+    let lookup: LookupBench | undefined = await startLookupBench({
+      decoder: bin,
+      args: jweArgs,
+      env: envWithout,
+      images: [{ dir: tinyDir, tag: 'tiny', layer: tiny.encrypted, input: tinyInput }],
+    });
+    try {
+      const tinyImage = { dir: tinyDir, tag: 'tiny', layer: tiny.encrypted, input: tinyInput };
+      check(await lookup.run(tinyImage, 'lookup'), 'lookup, tiny layer'); // warm-up
+      const viaPayload: number[] = [];
+      const viaLookup: number[] = [];
+      progress(`content-store lookup: ${SMALL_RUNS} runs each with and without the fd-3 payload, interleaved`);
+      for (let i = 0; i < SMALL_RUNS; i++) {
+        viaPayload.push(check(await lookup.run(tinyImage, 'payload'), 'payload, tiny layer').ms);
+        viaLookup.push(check(await lookup.run(tinyImage, 'lookup'), 'lookup, tiny layer').ms);
+      }
+      const p = median(viaPayload);
+      const l = median(viaLookup);
+      rows.push({
+        metric: 'Per-layer time, 4 KiB, descriptor looked up in containerd (no fd 3)',
+        value: `${fmt(l, 1)} ms vs ${fmt(p, 1)} ms with the fd-3 payload = +${fmt(l - p, 1)} ms (containerd ${lookup.containerd.version})`,
+        target: '',
+      });
+      json['lookupPerLayer'] = { runs: SMALL_RUNS, payloadMedianMs: p, lookupMedianMs: l, containerd: lookup.containerd.version };
+      notes.push('Lookup rows: a private containerd whose content store holds the bench images only (one manifest each); each extra manifest on a real node costs one more small Content.Read.');
+    } finally {
+      await lookup.stop();
+      lookup = undefined;
+    }
 
     // ---------------- attestation-agent path ----------------
     progress('attestation-agent path: starting the test KBS');
@@ -366,6 +401,27 @@ async function main(): Promise<number> {
         json['skopeo'] = { wallMs: r.wallMs, userMs: r.userMs, sysMs: r.sysMs, peakRssKiB: r.peakRssKiB, wallMBps: skWall, cpuMBps: skCpu };
         notes.push("skopeo's time includes its copy, digest and layout-writing overhead: an upper bound on Go ocicrypt's decryption time.");
         rmSync(outDir, { recursive: true, force: true });
+      }
+      // The same 1 GiB layer without fd 3: the lookup adds a sha256 of the whole ciphertext.
+      if (freeBytes(tmp) < 2.5 * GiB) {
+        notes.push('1 GiB lookup run skipped: not enough free space for a registry and containerd copy of the layer.');
+      } else {
+        progress('content-store lookup: the 1 GiB image pushed and pulled through CRI, then decrypted without fd 3');
+        const bigImage = { dir: bigDir, tag: 'big', layer: big.encrypted, input: big.blobPath };
+        const lb = await startLookupBench({ decoder: bin, args: jweArgs, env: envWithout, images: [bigImage] });
+        try {
+          const lRuns: RunDecoderResult[] = [];
+          for (let i = 0; i < THROUGHPUT_RUNS; i++) lRuns.push(check(await lb.run(bigImage, 'lookup', { measure: true }), 'lookup, 1 GiB layer'));
+          const lWall = Math.max(...lRuns.map((r) => mbPerSec(bytes, r.ms)));
+          rows.push({
+            metric: 'Decrypt throughput, 1 GiB layer, descriptor looked up (digest checked)',
+            value: `${fmt(lWall)} MB/s wall best of ${THROUGHPUT_RUNS}, ${fmt(median(lRuns.map((r) => r.peakRssKiB ?? Number.NaN)) / 1024, 1)} MiB RSS; ${fmt(lWall / best, 2)}× the payload path`,
+            target: '',
+          });
+          json['lookupThroughput'] = { bestWallMBps: lWall, ratioToPayload: lWall / best, runs: lRuns.map((r) => ({ wallMs: r.ms, peakRssKiB: r.peakRssKiB })) };
+        } finally {
+          await lb.stop();
+        }
       }
       rmSync(bigDir, { recursive: true, force: true });
 
