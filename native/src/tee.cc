@@ -1,6 +1,7 @@
-// coco-decoder's TEE addon: the three guest-attestation ioctls Node cannot issue itself
-// (TDX_CMD_GET_REPORT0, SNP_GET_REPORT, SNP_GET_EXT_REPORT). Ioctls only, no policy: every result
-// goes back as raw bytes and all parsing/decisions live in TypeScript (src/attest/native.ts).
+// coco-decoder's addon: the three guest-attestation ioctls Node cannot issue itself
+// (TDX_CMD_GET_REPORT0, SNP_GET_REPORT, SNP_GET_EXT_REPORT), prctl, and the layer cipher's fast path
+// (layer_cipher.cc). No policy: every result goes back as raw bytes and all parsing/decisions live in
+// TypeScript (src/attest/native.ts).
 //
 // Each call runs as Napi::AsyncWorker (libuv pool thread) and is serialised per device with a
 // process-wide mutex: the kernel serialises too, but a SEV VMPCK wiped after an error or a TDX
@@ -21,11 +22,12 @@
 
 #include <napi.h>
 
+#include "layer_cipher.h"
 #include "tee_uapi.h"
 
 namespace {
 
-constexpr uint32_t kAbiVersion = 2;  // 2: setNonDumpable
+constexpr uint32_t kAbiVersion = 3;  // 2: setNonDumpable; 3: the layer cipher (layer_cipher.cc)
 constexpr size_t kPageSize = 4096;
 // Upper bound for a host-requested certificate buffer: far above SEV_FW_BLOB_MAX_SIZE, only there so
 // a corrupted certs_len can never make us allocate gigabytes.
@@ -406,6 +408,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("snpGetExtReport", Napi::Function::New(env, SnpGetExtReport, "snpGetExtReport"));
   exports.Set("setNonDumpable", Napi::Function::New(env, SetNonDumpable, "setNonDumpable"));
   exports.Set("layout", Layout(env));
+  coco::RegisterLayerCipher(env, exports);
   return exports;
 }
 

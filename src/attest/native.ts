@@ -24,7 +24,7 @@ export { classifyDeviceError, TeeDeviceError, type TeeDeviceErrorKind } from './
 export { SNP_DEFAULT_CERTS_LEN, SNP_MSG_VERSION, snpGetExtReport, snpGetReport, tdxGetReport0 } from './native-calls.js';
 
 /** Bumped in native/src/tee.cc whenever the exported functions change shape. */
-export const ADDON_ABI_VERSION = 2;
+export const ADDON_ABI_VERSION = 3;
 
 /**
  * Linux UAPI layout the addon is compiled with (kernel `include/uapi/linux/{tdx,sev}-guest.h`). Kept here so
@@ -64,6 +64,11 @@ export interface TeeAddon {
   ): Promise<{ response: Buffer; certs: Buffer }>;
   /** prctl(PR_SET_DUMPABLE, 0); returns PR_GET_DUMPABLE afterwards (0). */
   setNonDumpable(): number;
+  /** The layer cipher (native/src/layer_cipher.cc): AES-256-CTR + HMAC-SHA256 into caller buffers. */
+  cipherNew(key: Buffer, nonce: Buffer): unknown;
+  cipherUpdate(handle: unknown, src: Buffer, dst: Buffer): void;
+  cipherFinal(handle: unknown): Buffer;
+  cipherFree(handle: unknown): void;
 }
 
 /** The addon could not be found or loaded. */

@@ -250,6 +250,8 @@ async function decodeLayer(args: DecodeArgs, logger: Logger, configs: ConfigSour
       return cfg;
     });
 
+  const native = await (await import('./native-cipher.js')).nativeLayerCipher(process.env);
+  logger.debug(`layer cipher: ${native ? 'native (addon, node binary OpenSSL)' : 'node:crypto'}`);
   let decipher: LayerDecipher | undefined;
   try {
     // The content store may list the same blob with several annotation sets (tags, platforms, re-wrapped
@@ -280,6 +282,7 @@ async function decodeLayer(args: DecodeArgs, logger: Logger, configs: ConfigSour
           audit: facts.unwrap,
           checkPlainDigest: early?.integrity.checkPlainDigest === true,
           cipherDigest,
+          native,
         });
         break;
       } catch (err) {

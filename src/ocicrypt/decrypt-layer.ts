@@ -27,6 +27,8 @@ export interface DecryptLayerRequest {
   checkPlainDigest: boolean;
   /** The blob the ciphertext must be, when the descriptor came from a content-store lookup (see LayerDecipher). */
   cipherDigest?: LayerDecipherOptions['cipherDigest'];
+  /** The addon's cipher fast path; node:crypto when absent. */
+  native?: LayerDecipherOptions['native'];
 }
 
 /**
@@ -58,6 +60,7 @@ export async function decryptLayer(req: DecryptLayerRequest): Promise<LayerDecip
       ...options,
       ...(req.checkPlainDigest ? { plainSha256: plainSha256(options.digest) } : {}),
       ...(req.cipherDigest !== undefined ? { cipherDigest: req.cipherDigest } : {}),
+      native: req.native,
     });
   } finally {
     options.key.fill(0);

@@ -21,6 +21,107 @@ const READ_BUFFER_BYTES = 64 * 1024;
 
 const STAGE = 'could not copy data';
 
+/**
+ * A native AES-256-CTR + HMAC-SHA256 engine that writes into caller-owned buffers (the addon's layer cipher,
+ * native/src/layer_cipher.cc, over the OpenSSL inside the node binary). Optional: without it, node:crypto.
+ */
+export interface NativeLayerCipher {
+  cipherNew(key: Buffer, nonce: Buffer): unknown;
+  /** HMAC over `src`, then `src` decrypted into `dst` (at least as long; may be `src`). */
+  cipherUpdate(handle: unknown, src: Buffer, dst: Buffer): void;
+  /** The HMAC over all ciphertext; releases the handle. */
+  cipherFinal(handle: unknown): Buffer;
+  cipherFree(handle: unknown): void;
+}
+
+/** Plaintext chunks of the native path come from a pool of this size (a pipe read is at most 64 KiB). */
+const POOL_CHUNK_BYTES = 64 * 1024;
+/**
+ * Smaller chunks get a buffer of their own size instead: a pooled 64 KiB buffer per 1-byte read would make the
+ * byte-counted holdback and stdout queue hold up to 64 KiB per byte. From here on a pooled buffer is ≥ 1/4 full.
+ */
+const POOL_MIN_CHUNK_BYTES = 16 * 1024;
+/** Enough for the holdback plus stdout's buffer ahead of a slow reader; more are allocated if ever needed. */
+const POOL_MAX_IDLE = 32;
+
+/** The per-chunk cipher work, node:crypto or native: one of the two below. */
+interface CipherEngine {
+  /** Authenticates then decrypts; the result is valid until `release`d (native) or forever (node:crypto). */
+  update(ciphertext: Buffer): Buffer;
+  /** The HMAC over everything seen; the engine is finished. */
+  finish(): Buffer;
+  release(plain: Buffer): void;
+  dispose(): void;
+  /** Bytes the last `update` allocated afresh (young-generation GC is nudged by those). */
+  readonly freshBytes: number;
+}
+
+class NodeCryptoEngine implements CipherEngine {
+  freshBytes = 0;
+  readonly #decipher: Decipher;
+  readonly #hmac: Hmac;
+  constructor(key: Buffer, nonce: Buffer) {
+    this.#decipher = createDecipheriv('aes-256-ctr', key, nonce);
+    this.#hmac = createHmac('sha256', key);
+  }
+  update(ciphertext: Buffer): Buffer {
+    this.#hmac.update(ciphertext);
+    this.freshBytes = ciphertext.length;
+    return this.#decipher.update(ciphertext);
+  }
+  finish(): Buffer {
+    this.#decipher.final();
+    return this.#hmac.digest();
+  }
+  release(): void {}
+  dispose(): void {}
+}
+
+/** The addon's cipher over pooled 64 KiB buffers: no allocation per chunk, so no garbage either. */
+class NativeEngine implements CipherEngine {
+  freshBytes = 0;
+  readonly #handle: unknown;
+  readonly #pool: Buffer[] = [];
+  /** The pool's own buffers, known by identity: a chunk's shape says nothing (Node's allocUnsafe slabs look alike). */
+  readonly #owned = new WeakSet<ArrayBufferLike>();
+  #done = false;
+  constructor(
+    private readonly native: NativeLayerCipher,
+    key: Buffer,
+    nonce: Buffer,
+  ) {
+    this.#handle = native.cipherNew(key, nonce);
+  }
+  update(ciphertext: Buffer): Buffer {
+    const n = ciphertext.length;
+    const pooled = n >= POOL_MIN_CHUNK_BYTES && n <= POOL_CHUNK_BYTES;
+    const reused = pooled ? this.#pool.pop() : undefined;
+    let dst = reused;
+    if (dst === undefined) {
+      dst = pooled ? Buffer.allocUnsafeSlow(POOL_CHUNK_BYTES) : Buffer.allocUnsafe(n);
+      if (pooled) this.#owned.add(dst.buffer);
+    }
+    this.freshBytes = reused ? 0 : dst.length;
+    this.native.cipherUpdate(this.#handle, ciphertext, dst);
+    return dst.subarray(0, ciphertext.length);
+  }
+  finish(): Buffer {
+    this.#done = true;
+    return this.native.cipherFinal(this.#handle);
+  }
+  release(plain: Buffer): void {
+    // Only the pool's own buffers go back; anything else is left to the GC.
+    if (this.#owned.has(plain.buffer) && this.#pool.length < POOL_MAX_IDLE && !this.#done) {
+      this.#pool.push(Buffer.from(plain.buffer as ArrayBuffer, 0, POOL_CHUNK_BYTES));
+    }
+  }
+  dispose(): void {
+    if (!this.#done) this.native.cipherFree(this.#handle);
+    this.#done = true;
+    for (const b of this.#pool.splice(0)) b.fill(0);
+  }
+}
+
 export interface LayerDecipherOptions extends LayerCipherOptions {
   /**
    * Strict mode (`[integrity] check_plain_digest`): the sha256 the plaintext must have, from the private options.
@@ -33,12 +134,13 @@ export interface LayerDecipherOptions extends LayerCipherOptions {
    * layer's annotations to this stream. Checked in `verify()`, before the held-back tail is released.
    */
   cipherDigest?: { algorithm: 'sha256' | 'sha384' | 'sha512'; digest: Buffer; size: number };
+  /** The addon's fast path; node:crypto when absent. */
+  native?: NativeLayerCipher | undefined;
 }
 
 /** The cipher state of one layer. Creating it copies the key into OpenSSL, so the caller may zero its copy. */
 export class LayerDecipher {
-  readonly #decipher: Decipher;
-  readonly #hmac: Hmac;
+  readonly #engine: CipherEngine;
   readonly #expected: Buffer;
   readonly #plainHash: Hash | undefined;
   readonly #plainExpected: Buffer | undefined;
@@ -47,8 +149,7 @@ export class LayerDecipher {
   #cipherBytes = 0;
 
   constructor(options: LayerDecipherOptions) {
-    this.#decipher = createDecipheriv('aes-256-ctr', options.key, options.nonce);
-    this.#hmac = createHmac('sha256', options.key);
+    this.#engine = options.native !== undefined ? new NativeEngine(options.native, options.key, options.nonce) : new NodeCryptoEngine(options.key, options.nonce);
     this.#expected = Buffer.from(options.hmac);
     if (options.plainSha256 !== undefined) {
       this.#plainExpected = Buffer.from(options.plainSha256);
@@ -62,19 +163,33 @@ export class LayerDecipher {
 
   /** Authenticates then decrypts one ciphertext chunk (CTR: output length equals input length). */
   update(ciphertext: Buffer): Buffer {
-    this.#hmac.update(ciphertext);
     if (this.#cipherHash !== undefined) {
       this.#cipherHash.update(ciphertext);
       this.#cipherBytes += ciphertext.length;
     }
-    const plain = this.#decipher.update(ciphertext);
+    const plain = this.#engine.update(ciphertext);
     this.#plainHash?.update(plain);
     return plain;
   }
 
+  /** Bytes the last `update` allocated afresh: every chunk with node:crypto, only pool misses natively. */
+  get freshBytes(): number {
+    return this.#engine.freshBytes;
+  }
+
+  /** A chunk `update` returned has been written: its buffer may be reused. */
+  release(plain: Buffer): void {
+    this.#engine.release(plain);
+  }
+
+  /** The cipher state is no longer needed (after verify, or a failure). */
+  dispose(): void {
+    this.#engine.dispose();
+  }
+
   /** Throws unless the HMAC over all ciphertext seen matches the expected one. */
   verify(): void {
-    this.#decipher.final();
+    const actual = this.#engine.finish();
     if (this.#cipherHash !== undefined && this.#cipherExpected !== undefined) {
       // Public data (ciphertext digests), but a mismatch means the lookup chose the wrong blob: say so first.
       const got = this.#cipherHash.digest();
@@ -86,7 +201,6 @@ export class LayerDecipher {
         );
       }
     }
-    const actual = this.#hmac.digest();
     if (actual.length !== this.#expected.length || !timingSafeEqual(actual, this.#expected)) {
       actual.fill(0);
       // Only the expected HMAC (public, from pubopts) is shown: the one computed over an attacker's ciphertext
@@ -144,7 +258,7 @@ class LayerPump {
   push(ciphertext: Buffer): boolean {
     this.#check();
     const plain = this.decipher.update(ciphertext);
-    this.#gc.allocated(plain.length);
+    this.#gc.allocated(this.decipher.freshBytes);
     if (plain.length > 0) {
       this.#queue.push(plain);
       this.#queued += plain.length;
@@ -189,6 +303,7 @@ class LayerPump {
     // its write measured 5% of throughput.
     for (const chunk of this.#queue.splice(0)) chunk.fill(0);
     this.#queued = 0;
+    this.decipher.dispose();
   }
 
   #write(): boolean {
@@ -199,6 +314,7 @@ class LayerPump {
     this.#lastWrite = new Promise((resolve) => {
       ok = this.out.write(chunk, (err) => {
         if (err) this.#onError(err);
+        else this.decipher.release(chunk);
         resolve();
       });
     });

@@ -44,10 +44,24 @@ export function probePayloadFd(fd: number = PAYLOAD_FD): PayloadFdProbe {
   if (target?.startsWith('anon_inode:')) {
     return { present: false, reason: `fd ${fd} is the runtime's own ${target}, not a pipe from containerd` };
   }
+  if (isWriteOnly(fd)) {
+    // Inherited from whatever started us (GNU time's -o file, a shell redirection): containerd's is a read end.
+    return { present: false, reason: `fd ${fd} is open write-only${target ? ` (${target})` : ''}, not a payload pipe from containerd` };
+  }
   if (st.isFIFO()) return { present: true, kind: 'fifo' };
   if (st.isSocket()) return { present: true, kind: 'socket' };
   if (st.isFile()) return { present: true, kind: 'file' };
   return { present: false, reason: `fd ${fd} is ${target ?? 'not a pipe'}, not a payload pipe` };
+}
+
+/** O_WRONLY, from the `flags:` line of /proc/self/fdinfo (octal); false when /proc cannot tell. */
+function isWriteOnly(fd: number): boolean {
+  try {
+    const m = /^flags:\s*([0-7]+)$/m.exec(fs.readFileSync(`/proc/self/fdinfo/${fd}`, 'latin1'));
+    return m !== null && (parseInt(m[1]!, 8) & 3) === 1;
+  } catch {
+    return false;
+  }
 }
 
 export interface ReadPayloadOptions {
@@ -118,6 +132,13 @@ export async function readPayloadFd(options: ReadPayloadOptions = {}): Promise<B
   if (!probe.present) {
     throw new DecoderError(`no payload: ${probe.reason}; ${MISSING_PAYLOAD_HELP}`, { stage: STAGE });
   }
-  if (probe.kind === 'file') return readRegularFile(fd, maxBytes);
+  if (probe.kind === 'file') {
+    try {
+      return readRegularFile(fd, maxBytes);
+    } catch (err) {
+      if (err instanceof DecoderError) throw err;
+      throw new DecoderError(`read configFd: ${(err as Error).message}`, { stage: STAGE, cause: err });
+    }
+  }
   return readStream(fd, maxBytes, timeoutMs);
 }

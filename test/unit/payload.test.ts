@@ -1,6 +1,8 @@
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { describe, expect, it } from 'vitest';
 import { PAYLOAD_TYPE_URL, decodeAny, decodePayload, parsePayloadJson } from '../../src/streamprocessor/payload.js';
 import { decodeStdBase64, goBytes } from '../../src/util/gojson.js';
@@ -301,5 +303,15 @@ describe('fd 3 detection (child processes)', () => {
       { cwd: ROOT, encoding: 'utf8', timeout: 20_000 },
     );
     expect(JSON.parse(r.stdout)).toEqual({ present: false, reason: 'fd 3 is /dev/null, not a payload pipe' });
+  });
+
+  it('does not take a write-only file inherited on fd 3 (GNU time -o, a shell redirection) for a payload', () => {
+    const file = join(mkdtempSync(join(tmpdir(), 'coco-fd3-')), 'write-only.txt');
+    const r = spawnSync(
+      '/bin/sh',
+      ['-c', `exec "$0" --import tsx --input-type=module -e "$1" 3>"$2"`, process.execPath, script('out(probePayloadFd());'), file],
+      { cwd: ROOT, encoding: 'utf8', timeout: 20_000 },
+    );
+    expect(JSON.parse(r.stdout)).toEqual({ present: false, reason: `fd 3 is open write-only (${file}), not a payload pipe from containerd` });
   });
 });

@@ -138,7 +138,7 @@ describe('SEV-SNP attester', () => {
     writeFileSync(device, '');
     const calls: unknown[] = [];
     const addon = {
-      abiVersion: 2,
+      abiVersion: 3,
       setNonDumpable: () => 0,
       layout: {},
       tdxGetReport0: async () => Buffer.alloc(0),
@@ -150,6 +150,10 @@ describe('SEV-SNP attester', () => {
         reportFor(ud, vmpl).copy(response, 0x20);
         return { response, certs: Buffer.concat([table, Buffer.alloc(16384 - table.length)]) };
       },
+      cipherNew: () => undefined,
+      cipherUpdate: () => undefined,
+      cipherFinal: () => Buffer.alloc(32),
+      cipherFree: () => undefined,
     } satisfies TeeAddon;
     const noProvider = new FakeTsm({ root: ROOT, provider: undefined, generate: () => ({ outblob: Buffer.alloc(0) }) });
     const ev = (await createSnpAttester(config({ sevGuestDevice: device }), { tsmFs: noProvider, tsmLockPath: null, loadAddon: () => addon }).getEvidence(
