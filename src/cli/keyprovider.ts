@@ -51,12 +51,12 @@ export function createProviderHandler(getConfig: () => Promise<Config>, env: Nod
   return async (input: Buffer, signal: AbortSignal): Promise<Buffer> => {
     const req = parseProviderRequest(input);
     if (req.op === 'keyunwrap') {
-      const optsData = await aa.unwrap(req.annotation, { params: {}, layerDigest: '(keyprovider request)', signal, audit: {} });
-      if (optsData === null) throw new DecoderError('the annotation was not unwrapped');
+      const unwrapped = await aa.unwrap(req.annotation, { params: {}, layerDigest: '(keyprovider request)', signal });
+      if (unwrapped === null) throw new DecoderError('the annotation was not unwrapped');
       try {
-        return encodeUnwrapResult(optsData);
+        return encodeUnwrapResult(unwrapped.privopts);
       } finally {
-        optsData.fill(0);
+        unwrapped.privopts.fill(0);
       }
     }
     const config = await getConfig();

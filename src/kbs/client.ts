@@ -22,7 +22,7 @@ import {
   runtimeDataToHash,
   selectedHashAlgorithm,
 } from './protocol.js';
-import type { ProtocolVersion } from './protocol.js';
+import type { Challenge, ProtocolVersion } from './protocol.js';
 import type { ResourceUri } from './resource-uri.js';
 import { generateTeeKeyPair, jweAlgorithmFor } from './tee-key.js';
 import type { TeeKeyPair } from './tee-key.js';
@@ -60,21 +60,40 @@ const MAX_JSON_BYTES = 64 * 1024;
 const MAX_TOKEN_RESPONSE_BYTES = 2 * 1024 * 1024;
 const MAX_RESOURCE_RESPONSE_BYTES = 1024 * 1024;
 
-export async function attest(o: AttestOptions): Promise<Attestation> {
-  // Key generation (RSA takes tens of ms) overlaps the /auth round trip.
-  const keyPairPromise = generateTeeKeyPair(o.keyAlgorithm);
-  keyPairPromise.catch(() => undefined);
-  let dialect: ProtocolVersion = o.protocol === 'auto' ? (o.dialectHint ?? '0.4.0') : o.protocol;
-  const kbsUrl = o.http.baseUrl;
-  const tee = o.attester.tee;
+export interface AuthOptions {
+  http: KbsHttp;
+  tee: Attester['tee'];
+  protocol: KbsProtocol;
+  /** Dialect remembered for this KBS (skips the mismatch round trip). */
+  dialectHint?: ProtocolVersion | undefined;
+  teeNames?: TeeNames | undefined;
+  deadline: Deadline;
+}
 
+export interface AuthResult {
+  dialect: ProtocolVersion;
+  /** The dialect first tried, when trustee's version-mismatch answer made us switch. */
+  switchedFrom?: ProtocolVersion;
+  cookie: SessionCookie;
+  challenge: Challenge;
+}
+
+/**
+ * The first RCAR step, `POST /kbs/v0/auth`, in the dialect the KBS speaks: with `protocol = "auto"`, a 401
+ * naming another supported version (trustee's only negotiation) is retried once in that version. Throws the
+ * KbsError of any other answer (the doctor's kbs rung maps the same errors to fixes).
+ */
+export async function authenticate(o: AuthOptions): Promise<AuthResult> {
+  const first: ProtocolVersion = o.protocol === 'auto' ? (o.dialectHint ?? '0.4.0') : o.protocol;
+  let dialect = first;
+  const kbsUrl = o.http.baseUrl;
   for (let switched = false; ; ) {
     const res = await o.http.send(
-      { method: 'POST', path: '/kbs/v0/auth', json: buildAuthRequest(dialect, tee, o.teeNames), maxBytes: MAX_JSON_BYTES, what: 'POST /kbs/v0/auth' },
+      { method: 'POST', path: '/kbs/v0/auth', json: buildAuthRequest(dialect, o.tee, o.teeNames), maxBytes: MAX_JSON_BYTES, what: 'POST /kbs/v0/auth' },
       o.deadline,
     );
     if (res.status !== 200) {
-      const err = responseError(res, { endpoint: 'auth', kbsUrl, version: dialect, tee });
+      const err = responseError(res, { endpoint: 'auth', kbsUrl, version: dialect, tee: o.tee });
       const wanted = err.expectedVersion;
       if (err.kind === 'version-mismatch' && o.protocol === 'auto' && !switched && wanted !== undefined && wanted !== dialect && isSupportedProtocol(wanted)) {
         dialect = wanted;
@@ -85,29 +104,46 @@ export async function attest(o: AttestOptions): Promise<Attestation> {
     }
     const cookie = sessionCookie(res, Date.now());
     const challenge = parseChallenge(parseJson(res, 'auth'));
-    const hash = selectedHashAlgorithm(challenge);
-    const keyPair = await keyPairPromise;
-
-    // Hash exactly the JWK object that is sent; trustee canonicalises both sides.
-    const reportData = reportDataDigest(hash, runtimeDataToHash(dialect, challenge.nonce, keyPair.publicJwk));
-    const evidence = await o.attester.getEvidence(reportData, o.deadline.signal);
-    if (o.deadline.signal.aborted) throw o.deadline.error('attestation');
-
-    const attestRes = await o.http.send(
-      {
-        method: 'POST',
-        path: '/kbs/v0/attest',
-        json: buildAttestRequest(dialect, challenge.nonce, keyPair.publicJwk, evidence),
-        headers: { cookie: `${SESSION_COOKIE}=${cookie.value}` },
-        maxBytes: MAX_TOKEN_RESPONSE_BYTES,
-        what: 'POST /kbs/v0/attest',
-      },
-      o.deadline,
-    );
-    if (attestRes.status !== 200) throw responseError(attestRes, { endpoint: 'attest', kbsUrl, tee });
-    const { token } = parseAttestResponse(parseJson(attestRes, 'attest'));
-    return { token, keyPair, dialect, cookie, receivedAtMs: Date.now() };
+    return { dialect, cookie, challenge, ...(dialect !== first ? { switchedFrom: first } : {}) };
   }
+}
+
+export async function attest(o: AttestOptions): Promise<Attestation> {
+  // Key generation (RSA takes tens of ms) overlaps the /auth round trip.
+  const keyPairPromise = generateTeeKeyPair(o.keyAlgorithm);
+  keyPairPromise.catch(() => undefined);
+  const kbsUrl = o.http.baseUrl;
+  const tee = o.attester.tee;
+  const { dialect, cookie, challenge } = await authenticate({
+    http: o.http,
+    tee,
+    protocol: o.protocol,
+    dialectHint: o.dialectHint,
+    teeNames: o.teeNames,
+    deadline: o.deadline,
+  });
+  const hash = selectedHashAlgorithm(challenge);
+  const keyPair = await keyPairPromise;
+
+  // Hash exactly the JWK object that is sent; trustee canonicalises both sides.
+  const reportData = reportDataDigest(hash, runtimeDataToHash(dialect, challenge.nonce, keyPair.publicJwk));
+  const evidence = await o.attester.getEvidence(reportData, o.deadline.signal);
+  if (o.deadline.signal.aborted) throw o.deadline.error('attestation');
+
+  const attestRes = await o.http.send(
+    {
+      method: 'POST',
+      path: '/kbs/v0/attest',
+      json: buildAttestRequest(dialect, challenge.nonce, keyPair.publicJwk, evidence),
+      headers: { cookie: `${SESSION_COOKIE}=${cookie.value}` },
+      maxBytes: MAX_TOKEN_RESPONSE_BYTES,
+      what: 'POST /kbs/v0/attest',
+    },
+    o.deadline,
+  );
+  if (attestRes.status !== 200) throw responseError(attestRes, { endpoint: 'attest', kbsUrl, tee });
+  const { token } = parseAttestResponse(parseJson(attestRes, 'attest'));
+  return { token, keyPair, dialect, cookie, receivedAtMs: Date.now() };
 }
 
 export interface ResourceCredentials {

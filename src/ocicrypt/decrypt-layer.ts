@@ -43,15 +43,16 @@ export function layerPublicOptions(annotations: Record<string, string>): PublicL
 
 export async function decryptLayer(req: DecryptLayerRequest): Promise<LayerDecipher> {
   const pub = req.publicOptions;
-  const privopts = await unwrapLayerKey(req.wrappers, req.annotations, {
+  const { privopts, audit } = await unwrapLayerKey(req.wrappers, req.annotations, {
     params: req.params,
     layerDigest: req.layerDigest,
     signal: req.signal,
-    audit: req.audit,
   });
+  // Recorded before the options are checked, so a layer that fails after its key was unwrapped names its kid.
+  Object.assign(req.audit, audit);
   let options: ReturnType<typeof cipherOptionsFromUnwrapped>;
   try {
-    options = cipherOptionsFromUnwrapped(pub, privopts, req.audit.scheme ?? 'unknown');
+    options = cipherOptionsFromUnwrapped(pub, privopts, audit.scheme ?? 'unknown');
   } finally {
     privopts.fill(0);
   }

@@ -6,7 +6,7 @@
 import { decodeStdBase64 } from '../util/gojson.js';
 import { DecoderError, describeError, oneLine } from '../util/errors.js';
 import { quoteUntrusted } from '../util/quote.js';
-import { ANNOTATION_PREFIX, annotationFor, type KeyWrapper, type UnwrapAudit, type UnwrapContext } from './keywrap/keywrapper.js';
+import { ANNOTATION_PREFIX, annotationFor, type KeyWrapper, type UnwrapAudit, type UnwrapContext, type UnwrappedEntry } from './keywrap/keywrapper.js';
 
 const STAGE = 'call to DecryptLayer failed';
 const MISSING_KEY = 'missing private key needed for decryption';
@@ -30,7 +30,7 @@ export function layerKeySchemes(annotations: Record<string, string>): string[] {
  * ocicrypt's `preUnwrapKey`: the annotation is a comma-separated list of std-base64 blobs, each tried in order.
  * Returns the privopts bytes, null when no entry was addressed to us, or throws the scheme's summary error.
  */
-async function unwrapScheme(wrapper: KeyWrapper, b64: string, ctx: UnwrapContext): Promise<Buffer | null> {
+async function unwrapScheme(wrapper: KeyWrapper, b64: string, ctx: UnwrapContext): Promise<UnwrappedEntry | null> {
   const entryErrors: string[] = [];
   const items = b64.split(',');
   if (items.length > MAX_ENTRIES_PER_SCHEME) {
@@ -41,8 +41,8 @@ async function unwrapScheme(wrapper: KeyWrapper, b64: string, ctx: UnwrapContext
     if (entry === null) throw new Error('could not base64 decode the annotation');
     ctx.signal.throwIfAborted();
     try {
-      const optsData = await wrapper.unwrap(entry, ctx);
-      if (optsData !== null) return optsData;
+      const unwrapped = await wrapper.unwrap(entry, ctx);
+      if (unwrapped !== null) return unwrapped;
     } catch (err) {
       if (ctx.signal.aborted) throw err;
       entryErrors.push(describeError(err));
@@ -55,15 +55,22 @@ async function unwrapScheme(wrapper: KeyWrapper, b64: string, ctx: UnwrapContext
   throw new Error(`no suitable key found for decrypting layer key: ${entryErrors.join('; ')}`);
 }
 
+export interface UnwrappedLayerKey {
+  /** The privopts JSON (the caller zeroes it). */
+  privopts: Buffer;
+  /** The scheme that unwrapped it, with the facts that scheme returned (kid, token from cache). */
+  audit: UnwrapAudit;
+}
+
 /**
- * Returns the privopts JSON of the layer, or throws one DecoderError with ocicrypt's summary message followed by
- * the collected causes, all on one line.
+ * Returns the privopts JSON of the layer and how it was unwrapped, or throws one DecoderError with ocicrypt's
+ * summary message followed by the collected causes, all on one line.
  */
 export async function unwrapLayerKey(
   wrappers: readonly KeyWrapper[],
   annotations: Record<string, string>,
   ctx: UnwrapContext,
-): Promise<Buffer> {
+): Promise<UnwrappedLayerKey> {
   const present = new Set(layerKeySchemes(annotations));
   if (present.size === 0) {
     throw new DecoderError(`${MISSING_KEY}: the layer has no ${ANNOTATION_PREFIX}* annotation`, { stage: STAGE });
@@ -90,15 +97,10 @@ export async function unwrapLayerKey(
     }
     if (wrapper.hasPrivateKeys(ctx.params)) privKeyGiven = true;
     ctx.signal.throwIfAborted();
-    // Each scheme records into its own audit object: one that fails (e.g. after naming its kid) must not leave its
-    // facts on the layer that another scheme then unwraps.
-    const audit: UnwrapAudit = {};
+    // Facts come only with a success: a scheme that fails (e.g. after naming its kid) leaves nothing behind.
     try {
-      const optsData = await unwrapScheme(wrapper, b64, { ...ctx, audit });
-      if (optsData !== null) {
-        Object.assign(ctx.audit, audit, { scheme: wrapper.scheme });
-        return optsData;
-      }
+      const unwrapped = await unwrapScheme(wrapper, b64, ctx);
+      if (unwrapped !== null) return { privopts: unwrapped.privopts, audit: { scheme: wrapper.scheme, ...unwrapped.facts } };
     } catch (err) {
       if (ctx.signal.aborted) {
         throw new DecoderError(`timed out unwrapping the layer key (scheme ${wrapper.scheme})`, { stage: STAGE, cause: err });

@@ -9,6 +9,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync } from 'node:fs';
 import { join } from 'node:path';
 import { REPO_ROOT } from '../helpers/decoder-binary.js';
+import { sharedDir } from '../helpers/shared-dir.js';
 
 /** Builds evp-decode; a reason string when gcc or the OpenSSL headers are missing. */
 export function buildEvpDecode(tmp: string): string | { skip: string } {
@@ -48,7 +49,9 @@ export function runThroughPipe(bin: string, file: string, timeoutMs = 300_000): 
 
 /** upstream ctd-decoder 1.1.11 from ../shared/containerd/, or a reason why not. */
 export function extractCtdDecoder(tmp: string): string | { skip: string } {
-  const deb = join(REPO_ROOT, '..', 'shared', 'containerd', 'imgcrypt_1.1.11-5_amd64.deb');
+  const shared = sharedDir();
+  if (shared === undefined) return { skip: 'no ../shared/containerd next to this checkout (set COCO_SHARED_DIR)' };
+  const deb = join(shared, 'containerd', 'imgcrypt_1.1.11-5_amd64.deb');
   if (!existsSync(deb)) return { skip: `${deb} is not there` };
   const dir = mkdtempSync(join(tmp, 'imgcrypt-'));
   try {

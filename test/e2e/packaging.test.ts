@@ -15,6 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse as parseToml } from 'smol-toml';
 import { parseConfig } from '../../src/config/load.js';
 import { defaultConfig } from '../../src/config/types.js';
+import { DEFAULT_CONTAINERD_ADDRESS } from '../../src/containerd/address.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url)).replace(/\/$/, '');
 const DIST = path.join(ROOT, 'dist');
@@ -305,8 +306,11 @@ describe('shipped configuration', () => {
     expected.log.file = shown.log.file;
     expected.keyprovider.wrapKid = shown.keyprovider.wrapKid;
     expected.keyprovider.wrapKekFile = shown.keyprovider.wrapKekFile;
+    // Unset means "$CONTAINERD_ADDRESS, else containerd's default socket", which the file shows.
+    expected.containerd.address = shown.containerd.address;
     expect(shown).toEqual(expected);
     expect([shown.kbs.url, shown.kbs.cert, shown.log.file, shown.keyprovider.wrapKid, shown.keyprovider.wrapKekFile].every((v) => typeof v === 'string')).toBe(true);
+    expect(shown.containerd.address).toBe(DEFAULT_CONTAINERD_ADDRESS);
 
     const documented = Object.entries(parseToml(uncommented)).flatMap(([t, keys]) =>
       Object.keys(keys as object).map((k) => `${t}.${k}`),

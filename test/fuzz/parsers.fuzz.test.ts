@@ -30,6 +30,7 @@ import { parseEnvelopedData, pkcs7KeyWrapper } from '../../src/ocicrypt/keywrap/
 import { cipherOptionsFromUnwrapped, parsePublicOptions, publicOptionsFromAnnotations } from '../../src/ocicrypt/options.js';
 import { decodePayload } from '../../src/streamprocessor/payload.js';
 import { DecoderError, describeError } from '../../src/util/errors.js';
+import { unwrapEntry } from '../helpers/unwrap-entry.js';
 
 const RUNS = Number(process.env['FUZZ_RUNS'] ?? 150);
 const SEED = process.env['FUZZ_SEED'] !== undefined ? Number(process.env['FUZZ_SEED']) : process.env['FUZZ_RUNS'] ? undefined : 20261202;
@@ -102,7 +103,7 @@ async function quickAsync(fn: () => Promise<unknown>, allowPlainError = false): 
 }
 
 function ctx(parameters: Record<string, Buffer[]>): UnwrapContext {
-  return { params: parameters, layerDigest: 'sha256:00', signal: new AbortController().signal, audit: {} };
+  return { params: parameters, layerDigest: 'sha256:00', signal: new AbortController().signal };
 }
 
 describe('fd-3 payload (protobuf Any + Go JSON)', () => {
@@ -123,7 +124,7 @@ describe('key-wrap annotations', () => {
   it('JWE: parse and unwrap with a real key', async () => {
     await fc.assert(
       fc.asyncProperty(bytesLike(jwe, 8192), (b) =>
-        quickAsync(() => jweKeyWrapper.unwrap(b, ctx({ privkeys: [rsaKey], 'privkeys-passwords': [Buffer.alloc(0)] }))),
+        quickAsync(() => unwrapEntry(jweKeyWrapper, b, ctx({ privkeys: [rsaKey], 'privkeys-passwords': [Buffer.alloc(0)] }))),
       ),
       { ...params, numRuns: Math.max(20, Math.floor(RUNS / 3)) },
     );
@@ -133,7 +134,7 @@ describe('key-wrap annotations', () => {
     fc.assert(fc.property(bytesLike(pkcs7), (b) => quick(() => parseEnvelopedData(b))), params);
     await fc.assert(
       fc.asyncProperty(bytesLike(pkcs7), (b) =>
-        quickAsync(() => pkcs7KeyWrapper.unwrap(b, ctx({ privkeys: [pkcs7Key], 'privkeys-passwords': [Buffer.alloc(0)], x509s: [pkcs7Cert] }))),
+        quickAsync(() => unwrapEntry(pkcs7KeyWrapper, b, ctx({ privkeys: [pkcs7Key], 'privkeys-passwords': [Buffer.alloc(0)], x509s: [pkcs7Cert] }))),
       ),
       { ...params, numRuns: Math.max(20, Math.floor(RUNS / 3)) },
     );

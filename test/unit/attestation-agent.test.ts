@@ -17,6 +17,7 @@ import { describeError } from '../../src/util/errors.js';
 import { startTestKbs } from '../kbs/server.js';
 import type { TestKbs } from '../kbs/server.js';
 import { makeTempDir, removeDir, testConfig } from './kbs-helpers.js';
+import { unwrapEntry } from '../helpers/unwrap-entry.js';
 
 const PRIVOPTS = readFileSync(join(import.meta.dirname, '..', 'fixtures', 'ocicrypt-v1.3.1', 'privopts.json'));
 const KEK = randomBytes(32);
@@ -32,7 +33,7 @@ function wrapLikeCocoKeyprovider(kek: Buffer, plaintext: Buffer, kid: string, ex
 }
 
 function ctx(signal: AbortSignal = new AbortController().signal): UnwrapContext {
-  return { params: {}, layerDigest: 'sha256:' + '0'.repeat(64), signal, audit: {} };
+  return { params: {}, layerDigest: 'sha256:' + '0'.repeat(64), signal };
 }
 
 let kbs: TestKbs | undefined;
@@ -52,7 +53,7 @@ afterEach(async () => {
 });
 
 describe('unwrapping through the KBS', () => {
-  it('returns the private layer options of a coco_keyprovider (v1) packet and fills the audit', async () => {
+  it('returns the private layer options of a coco_keyprovider (v1) packet with its kid and token-cache facts', async () => {
     const { k, config } = await setup();
     const stats: Array<ResourceStats & { kid: string }> = [];
     const w = createAttestationAgentWrapper(createKekSource(async () => config, { onStats: (s) => stats.push(s) }));
@@ -61,15 +62,15 @@ describe('unwrapping through the KBS', () => {
     expect(w.hasPrivateKeys({})).toBe(false);
 
     const entry = wrapLikeCocoKeyprovider(KEK, PRIVOPTS, `kbs:///${KID_PATH}`);
-    const c1 = ctx();
-    expect((await w.unwrap(entry, c1))!.equals(PRIVOPTS)).toBe(true);
-    expect(c1.audit).toEqual({ scheme: 'provider.attestation-agent', kid: `kbs:///${KID_PATH}`, tokenFromCache: false });
+    const r1 = await w.unwrap(entry, ctx());
+    expect(r1!.privopts.equals(PRIVOPTS)).toBe(true);
+    expect(r1!.facts).toEqual({ kid: `kbs:///${KID_PATH}`, tokenFromCache: false });
 
     // The next layer (a new wrapper, as in a new process) reuses the cached token.
-    const c2 = ctx();
     const w2 = createAttestationAgentWrapper(createKekSource(async () => config, { onStats: (s) => stats.push(s) }));
-    expect((await w2.unwrap(entry, c2))!.equals(PRIVOPTS)).toBe(true);
-    expect(c2.audit.tokenFromCache).toBe(true);
+    const r2 = await w2.unwrap(entry, ctx());
+    expect(r2!.privopts.equals(PRIVOPTS)).toBe(true);
+    expect(r2!.facts?.tokenFromCache).toBe(true);
     expect(k.counters.attest).toBe(1);
     expect(stats.map((s) => s.requests)).toEqual([
       { auth: 1, attest: 1, resource: 1, retries: 0 },
@@ -87,14 +88,14 @@ describe('unwrapping through the KBS', () => {
       annotations: {},
       future_field: 1,
     });
-    expect((await w.unwrap(entry, ctx()))!.equals(PRIVOPTS)).toBe(true);
+    expect((await unwrapEntry(w, entry, ctx()))!.equals(PRIVOPTS)).toBe(true);
   });
 
   it('uses the configured KBS even when the kid names another host', async () => {
     const { k, config } = await setup();
     const w = createAttestationAgentWrapper(createKekSource(async () => config));
     const entry = wrapLikeCocoKeyprovider(KEK, PRIVOPTS, `kbs://203.0.113.7:8080/${KID_PATH}`);
-    expect((await w.unwrap(entry, ctx()))!.equals(PRIVOPTS)).toBe(true);
+    expect((await unwrapEntry(w, entry, ctx()))!.equals(PRIVOPTS)).toBe(true);
     expect(k.counters.resourceOk).toBe(1);
   });
 
@@ -103,7 +104,7 @@ describe('unwrapping through the KBS', () => {
     const other = randomBytes(32);
     k.setResource(KID_PATH, other);
     const w = createAttestationAgentWrapper(createKekSource(async () => config));
-    const err = await w.unwrap(wrapLikeCocoKeyprovider(KEK, PRIVOPTS, `kbs:///${KID_PATH}`), ctx()).catch((e) => e);
+    const err = await unwrapEntry(w, wrapLikeCocoKeyprovider(KEK, PRIVOPTS, `kbs:///${KID_PATH}`), ctx()).catch((e) => e);
     const text = describeError(err);
     expect(text).toMatch(/does not unwrap this layer's key \(AES-256-GCM authentication failed\)/);
     for (const key of [KEK, other]) {
@@ -116,14 +117,14 @@ describe('unwrapping through the KBS', () => {
     const { k, config } = await setup();
     k.setResource(KID_PATH, Buffer.alloc(16, 1));
     const w = createAttestationAgentWrapper(createKekSource(async () => config));
-    const err = await w.unwrap(wrapLikeCocoKeyprovider(KEK, PRIVOPTS, `kbs:///${KID_PATH}`), ctx()).catch((e) => e);
+    const err = await unwrapEntry(w, wrapLikeCocoKeyprovider(KEK, PRIVOPTS, `kbs:///${KID_PATH}`), ctx()).catch((e) => e);
     expect(describeError(err)).toMatch(/is 16 bytes, not a 32-byte AES-256 key encryption key/);
   });
 
   it('without kbs.url it names the config file and the key', async () => {
     const { config } = await setup((c) => (c.kbs.url = undefined));
     const w = createAttestationAgentWrapper(createKekSource(async () => config));
-    const err = await w.unwrap(wrapLikeCocoKeyprovider(KEK, PRIVOPTS, `kbs:///${KID_PATH}`), ctx()).catch((e) => e);
+    const err = await unwrapEntry(w, wrapLikeCocoKeyprovider(KEK, PRIVOPTS, `kbs:///${KID_PATH}`), ctx()).catch((e) => e);
     expect(describeError(err)).toBe(
       `layer key kbs:///${KID_PATH} must come from a KBS, but none is configured: set kbs.url in /test/config.toml`,
     );
@@ -134,7 +135,7 @@ describe('unwrapping through the KBS', () => {
     const ac = new AbortController();
     ac.abort(new Error('deadline'));
     const w = createAttestationAgentWrapper(createKekSource(async () => config));
-    await expect(w.unwrap(wrapLikeCocoKeyprovider(KEK, PRIVOPTS, `kbs:///${KID_PATH}`), ctx(ac.signal))).rejects.toThrow(/abandoned/);
+    await expect(unwrapEntry(w, wrapLikeCocoKeyprovider(KEK, PRIVOPTS, `kbs:///${KID_PATH}`), ctx(ac.signal))).rejects.toThrow(/abandoned/);
     expect(k.counters.auth).toBe(0);
   });
 });
@@ -166,7 +167,7 @@ describe('annotation packet validation', () => {
       throw new Error('the KEK source must not be asked');
     });
     const entry = Buffer.from(JSON.stringify({ ...valid, kid: 'kbs:///a/b/c/d' }));
-    await expect(w.unwrap(entry, ctx())).rejects.toThrow(/exactly 3 path segments/);
+    await expect(unwrapEntry(w, entry, ctx())).rejects.toThrow(/exactly 3 path segments/);
   });
 
   it('refuses A256CTR, even for a genuine A256GCM packet relabelled by the registry (the KBS is never asked)', async () => {
@@ -181,7 +182,7 @@ describe('annotation packet validation', () => {
     const d = createDecipheriv('aes-256-ctr', KEK, ctrIv);
     expect(Buffer.concat([d.update(body), d.final()]).equals(PRIVOPTS)).toBe(true); // the attack is real
     const w = createAttestationAgentWrapper(createKekSource(async () => config));
-    await expect(w.unwrap(entry, ctx())).rejects.toThrow('invalid attestation-agent annotation packet: unsupported wrap_type "A256CTR" (only "A256GCM", as coco_keyprovider writes it)');
+    await expect(unwrapEntry(w, entry, ctx())).rejects.toThrow('invalid attestation-agent annotation packet: unsupported wrap_type "A256CTR" (only "A256GCM", as coco_keyprovider writes it)');
     expect(k.counters.resource).toBe(0);
     expect(k.counters.auth).toBe(0);
   });

@@ -8,6 +8,7 @@ import { describe, expect, it } from 'vitest';
 import { jweKeyWrapper } from '../../src/ocicrypt/keywrap/jwe.js';
 import type { DecryptParameters, UnwrapContext } from '../../src/ocicrypt/keywrap/keywrapper.js';
 import { DecoderError, describeError } from '../../src/util/errors.js';
+import { unwrapEntry } from '../helpers/unwrap-entry.js';
 
 const FIX = join(import.meta.dirname, '..', 'fixtures');
 const SKOPEO = join(FIX, 'ocicrypt');
@@ -35,7 +36,7 @@ function entries(annotation: string | undefined): Buffer[] {
 }
 
 function ctx(params: DecryptParameters): UnwrapContext {
-  return { params, layerDigest: 'sha256:test', signal: new AbortController().signal, audit: {} };
+  return { params, layerDigest: 'sha256:test', signal: new AbortController().signal };
 }
 function keyParams(...keys: Buffer[]): DecryptParameters {
   return { privkeys: keys, 'privkeys-passwords': keys.map(() => null) };
@@ -61,7 +62,7 @@ async function unwrapFirst(annotation: string | undefined, params: DecryptParame
   let last: unknown;
   for (const e of entries(annotation)) {
     try {
-      const r = await jweKeyWrapper.unwrap(e, ctx(params));
+      const r = await unwrapEntry(jweKeyWrapper, e, ctx(params));
       if (r) return r;
     } catch (err) {
       last = err;
@@ -104,7 +105,7 @@ describe('jwe key wrapper against skopeo (ocicrypt 1.0.x) fixtures', () => {
     expect(json.recipients).toHaveLength(2);
     expect(typeof json.encrypted_key).toBe('string');
     json.encrypted_key = '!not base64url!'; // garbage where go-jose writes a copy of recipient 0's key
-    const out = await jweKeyWrapper.unwrap(Buffer.from(JSON.stringify(json)), ctx(keyParams(skopeoKey('rsa2-priv.pem'))));
+    const out = await unwrapEntry(jweKeyWrapper, Buffer.from(JSON.stringify(json)), ctx(keyParams(skopeoKey('rsa2-priv.pem'))));
     expect(JSON.parse(out!.toString('utf8')).symkey).toBeTypeOf('string');
   });
 
@@ -132,15 +133,13 @@ describe('jwe key wrapper against ocicrypt v1.3.1 vectors', () => {
   });
 
   it.each(['rsa_priv.pem', 'ec_priv.der', 'rsa_oaep256_priv.jwk'])('%s alone unwraps privopts.json byte for byte', async (name) => {
-    const c = ctx(keyParams(v131Key(name)));
-    const out = await jweKeyWrapper.unwrap(entries(annotation)[0]!, c);
-    expect(out!.equals(expected)).toBe(true);
-    expect(c.audit.scheme).toBe('jwe');
-    if (name.endsWith('.jwk')) expect(c.audit.kid).toBe('jwk-test-1');
+    const out = await jweKeyWrapper.unwrap(entries(annotation)[0]!, ctx(keyParams(v131Key(name))));
+    expect(out!.privopts.equals(expected)).toBe(true);
+    expect(out!.facts?.kid).toBe(name.endsWith('.jwk') ? 'jwk-test-1' : undefined);
   });
 
   it('the unwrapped options decrypt layer.tar.gz.enc to layer.tar.gz', async () => {
-    const out = await jweKeyWrapper.unwrap(entries(annotation)[0]!, ctx(keyParams(v131Key('ec_priv.der'))));
+    const out = await unwrapEntry(jweKeyWrapper, entries(annotation)[0]!, ctx(keyParams(v131Key('ec_priv.der'))));
     const plain = decryptLayerBlob(readFileSync(join(V131, 'layer.tar.gz.enc')), out!, descriptor.annotations['org.opencontainers.image.enc.pubopts']);
     expect(plain.equals(readFileSync(join(V131, 'layer.tar.gz')))).toBe(true);
   });
@@ -149,35 +148,35 @@ describe('jwe key wrapper against ocicrypt v1.3.1 vectors', () => {
     const single = JSON.parse(readFileSync(join(V131, 'single-jwe', 'descriptor.json'), 'utf8'));
     const [entry] = entries(single.annotations['org.opencontainers.image.enc.keys.jwe']);
     expect(JSON.parse(entry!.toString('utf8')).recipients).toBeUndefined();
-    const out = await jweKeyWrapper.unwrap(entry!, ctx(keyParams(v131Key('rsa_priv.pem'))));
+    const out = await unwrapEntry(jweKeyWrapper, entry!, ctx(keyParams(v131Key('rsa_priv.pem'))));
     const plain = decryptLayerBlob(readFileSync(join(V131, 'single-jwe', 'layer.tar.gz.enc')), out!, single.annotations['org.opencontainers.image.enc.pubopts']);
     expect(plain.equals(readFileSync(join(V131, 'layer.tar.gz')))).toBe(true);
   });
 
   it('an encrypted PEM key unwraps with its password `secret`', async () => {
     const params = { privkeys: [v131Key('rsa_priv_enc_secret.pem')], 'privkeys-passwords': [Buffer.from('secret')] };
-    const out = await jweKeyWrapper.unwrap(entries(annotation)[0]!, ctx(params));
+    const out = await unwrapEntry(jweKeyWrapper, entries(annotation)[0]!, ctx(params));
     expect(out!.equals(expected)).toBe(true);
   });
 
   it('an encrypted PEM key without or with a wrong password aborts with upstream’s messages', async () => {
     const entry = entries(annotation)[0]!;
     const key = v131Key('rsa_priv_enc_secret.pem');
-    await expect(jweKeyWrapper.unwrap(entry, ctx({ privkeys: [key], 'privkeys-passwords': [null] }))).rejects.toThrow(
+    await expect(unwrapEntry(jweKeyWrapper, entry, ctx({ privkeys: [key], 'privkeys-passwords': [null] }))).rejects.toThrow(
       /^JWE: Missing password for encrypted private key$/,
     );
-    await expect(jweKeyWrapper.unwrap(entry, ctx({ privkeys: [key], 'privkeys-passwords': [Buffer.from('nope')] }))).rejects.toThrow(
+    await expect(unwrapEntry(jweKeyWrapper, entry, ctx({ privkeys: [key], 'privkeys-passwords': [Buffer.from('nope')] }))).rejects.toThrow(
       /^JWE: Wrong password: could not decrypt private key$/,
     );
   });
 
   it('keys are tried in order: a non-matching key before the right one is not fatal', async () => {
     const params = keyParams(skopeoKey('rsa2-priv.pem'), skopeoKey('ec-priv.pem'), v131Key('rsa_oaep256_priv.jwk'));
-    expect((await jweKeyWrapper.unwrap(entries(annotation)[0]!, ctx(params)))!.equals(expected)).toBe(true);
+    expect((await unwrapEntry(jweKeyWrapper, entries(annotation)[0]!, ctx(params)))!.equals(expected)).toBe(true);
   });
 
   it('a key/password count mismatch is refused', async () => {
-    await expect(jweKeyWrapper.unwrap(entries(annotation)[0]!, ctx({ privkeys: [v131Key('rsa_priv.pem')] }))).rejects.toThrow(
+    await expect(unwrapEntry(jweKeyWrapper, entries(annotation)[0]!, ctx({ privkeys: [v131Key('rsa_priv.pem')] }))).rejects.toThrow(
       'Private key password array length must be same as that of private keys',
     );
   });
@@ -187,7 +186,7 @@ describe('jwe key wrapper against ocicrypt v1.3.1 vectors', () => {
     const ct = Buffer.from(json.ciphertext, 'base64url');
     ct[0]! ^= 1;
     json.ciphertext = ct.toString('base64url');
-    await expect(jweKeyWrapper.unwrap(Buffer.from(JSON.stringify(json)), ctx(keyParams(v131Key('rsa_priv.pem'))))).rejects.toThrow(
+    await expect(unwrapEntry(jweKeyWrapper, Buffer.from(JSON.stringify(json)), ctx(keyParams(v131Key('rsa_priv.pem'))))).rejects.toThrow(
       'JWE: No suitable private key found for decryption',
     );
   });
@@ -202,13 +201,13 @@ describe('jwe key wrapper: serializations and algorithms', () => {
 
   it('compact serialization (RSA-OAEP-256 + A128CBC-HS256)', async () => {
     const jwe = await new CompactEncrypt(payload).setProtectedHeader({ alg: 'RSA-OAEP-256', enc: 'A128CBC-HS256' }).encrypt(rsa.publicKey);
-    const out = await jweKeyWrapper.unwrap(Buffer.from(`\n ${jwe}\n`), ctx(keyParams(Buffer.from(rsaPem))));
+    const out = await unwrapEntry(jweKeyWrapper, Buffer.from(`\n ${jwe}\n`), ctx(keyParams(Buffer.from(rsaPem))));
     expect(out!.equals(payload)).toBe(true);
   });
 
   it('flattened ECDH-ES+A192KW (P-384, SEC1 PEM key) + A256CBC-HS512', async () => {
     const jwe = await new FlattenedEncrypt(payload).setProtectedHeader({ alg: 'ECDH-ES+A192KW', enc: 'A256CBC-HS512' }).encrypt(p384.publicKey);
-    const out = await jweKeyWrapper.unwrap(Buffer.from(JSON.stringify(jwe)), ctx(keyParams(Buffer.from(ecPem))));
+    const out = await unwrapEntry(jweKeyWrapper, Buffer.from(JSON.stringify(jwe)), ctx(keyParams(Buffer.from(ecPem))));
     expect(out!.equals(payload)).toBe(true);
   });
 
@@ -221,14 +220,14 @@ describe('jwe key wrapper: serializations and algorithms', () => {
       .setUnprotectedHeader({ alg: 'RSA-OAEP' })
       .encrypt();
     for (const key of [rsaPem, ecPem]) {
-      const out = await jweKeyWrapper.unwrap(Buffer.from(JSON.stringify(jwe)), ctx(keyParams(Buffer.from(key))));
+      const out = await unwrapEntry(jweKeyWrapper, Buffer.from(JSON.stringify(jwe)), ctx(keyParams(Buffer.from(key))));
       expect(out!.equals(payload)).toBe(true);
     }
   });
 
   it('refuses algorithms outside ocicrypt’s allow-list as a parse failure', async () => {
     const jwe = await new CompactEncrypt(payload).setProtectedHeader({ alg: 'dir', enc: 'A256GCM' }).encrypt(Buffer.alloc(32, 1));
-    await expect(jweKeyWrapper.unwrap(Buffer.from(jwe), ctx(keyParams(Buffer.from(rsaPem))))).rejects.toThrow(
+    await expect(unwrapEntry(jweKeyWrapper, Buffer.from(jwe), ctx(keyParams(Buffer.from(rsaPem))))).rejects.toThrow(
       /^jose\.ParseEncrypted failed: unsupported JWE key algorithm "dir"$/,
     );
   });
@@ -236,7 +235,7 @@ describe('jwe key wrapper: serializations and algorithms', () => {
   it('rejects garbage entries with a DecoderError', async () => {
     const bads = ['', 'not a jwe', '{', '[]', '{"recipients":[]}', '{"protected":"!!"}', 'a.b.c.d.e', '{"protected":"e30","iv":"AA"}', '{"ciphertext":7}'];
     for (const bad of bads) {
-      const err = await jweKeyWrapper.unwrap(Buffer.from(bad), ctx(keyParams(Buffer.from(rsaPem)))).catch((e) => e);
+      const err = await unwrapEntry(jweKeyWrapper, Buffer.from(bad), ctx(keyParams(Buffer.from(rsaPem)))).catch((e) => e);
       expect(err, bad).toBeInstanceOf(DecoderError);
       expect(err.message).toMatch(/^jose\.ParseEncrypted failed/);
     }

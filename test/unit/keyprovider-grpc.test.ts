@@ -10,6 +10,7 @@ import { DecoderError } from '../../src/util/errors.js';
 import type { DecryptParameters, KeyWrapper, UnwrapContext } from '../../src/ocicrypt/keywrap/keywrapper.js';
 import { loadKeyProviderWrappers } from '../../src/ocicrypt/keywrap/keyprovider.js';
 import { decodeBytesMessage, encodeBytesMessage, UNWRAP_METHOD } from '../../src/ocicrypt/keyprovider/grpc.js';
+import { unwrapEntry } from '../helpers/unwrap-entry.js';
 
 const FIX = resolve(__dirname, '../fixtures/ocicrypt-v1.3.1');
 const TOY = join(FIX, 'keyprovider-toy');
@@ -130,7 +131,7 @@ afterAll(async () => {
 });
 
 function ctx(params: DecryptParameters = {}): UnwrapContext {
-  return { params, layerDigest: 'sha256:test', signal: new AbortController().signal, audit: {} };
+  return { params, layerDigest: 'sha256:test', signal: new AbortController().signal };
 }
 
 function wrapperFor(attrs: unknown, timeoutMs = 5000): { w: KeyWrapper; warnings: string[] } {
@@ -142,7 +143,7 @@ function wrapperFor(attrs: unknown, timeoutMs = 5000): { w: KeyWrapper; warnings
 }
 
 async function unwrapError(w: KeyWrapper, entry: Buffer = TOY_ENTRY): Promise<DecoderError> {
-  const err = await w.unwrap(entry, ctx()).then(
+  const err = await unwrapEntry(w, entry, ctx()).then(
     () => undefined,
     (e: unknown) => e,
   );
@@ -180,7 +181,7 @@ describe('grpc key provider', () => {
   it('unwraps the toy layer key over plaintext gRPC, sending no local keys', async () => {
     const { w, warnings } = wrapperFor({ grpc: `127.0.0.1:${PORT_PLAIN}` });
     received.length = 0;
-    const out = await w.unwrap(TOY_ENTRY, ctx({ privkeys: [Buffer.from('PEMDATA')], 'privkeys-passwords': [null], testprov: [Buffer.from('Enabled')] }));
+    const out = await unwrapEntry(w, TOY_ENTRY, ctx({ privkeys: [Buffer.from('PEMDATA')], 'privkeys-passwords': [null], testprov: [Buffer.from('Enabled')] }));
     expectDecryptsToyLayer(out);
     expect(warnings).toEqual([]);
     expect(received).toHaveLength(1);
@@ -192,12 +193,12 @@ describe('grpc key provider', () => {
 
   it('unwraps over TLS with root-ca-file and server-name', async () => {
     const { w } = wrapperFor({ grpc: `127.0.0.1:${PORT_TLS}`, 'grpc-tls': { 'root-ca-file': pem('ca.pem'), 'server-name': 'kp.test' } });
-    expectDecryptsToyLayer(await w.unwrap(TOY_ENTRY, ctx()));
+    expectDecryptsToyLayer(await unwrapEntry(w, TOY_ENTRY, ctx()));
   });
 
   it('unwraps over TLS to an IP address without server-name, with no Node warning on stderr', async () => {
     const { w } = wrapperFor({ grpc: `127.0.0.1:${PORT_TLS}`, 'grpc-tls': { 'root-ca-file': pem('ca.pem') } });
-    expectDecryptsToyLayer(await w.unwrap(TOY_ENTRY, ctx()));
+    expectDecryptsToyLayer(await unwrapEntry(w, TOY_ENTRY, ctx()));
     expect(nodeWarnings.filter((m) => /ServerName|RFC 6066/.test(m))).toEqual([]);
   });
 
@@ -215,7 +216,7 @@ describe('grpc key provider', () => {
 
   it('skips verification only when insecure-skip-verify is explicitly true, with a warning', async () => {
     const { w, warnings } = wrapperFor({ grpc: `127.0.0.1:${PORT_TLS}`, 'grpc-tls': { 'insecure-skip-verify': true } });
-    expectDecryptsToyLayer(await w.unwrap(TOY_ENTRY, ctx()));
+    expectDecryptsToyLayer(await unwrapEntry(w, TOY_ENTRY, ctx()));
     expect(warnings.join('\n')).toContain('insecure-skip-verify');
     const strict = wrapperFor({ grpc: `127.0.0.1:${PORT_TLS}`, 'grpc-tls': { 'insecure-skip-verify': false } });
     expect((await unwrapError(strict.w)).message).toMatch(/^error while dialing rpc server: /);
@@ -224,7 +225,7 @@ describe('grpc key provider', () => {
   it('presents the client certificate for mutual TLS', async () => {
     const tls = { 'root-ca-file': pem('ca.pem'), 'server-name': 'kp.test' };
     const withCert = wrapperFor({ grpc: `127.0.0.1:${PORT_MTLS}`, 'grpc-tls': { ...tls, 'cert-file': pem('client.pem'), 'key-file': pem('client.key') } });
-    expectDecryptsToyLayer(await withCert.w.unwrap(TOY_ENTRY, ctx()));
+    expectDecryptsToyLayer(await unwrapEntry(withCert.w, TOY_ENTRY, ctx()));
     const without = wrapperFor({ grpc: `127.0.0.1:${PORT_MTLS}`, 'grpc-tls': tls });
     expect((await unwrapError(without.w)).message).toMatch(/^(error while dialing rpc server|Error from grpc method): /);
     const half = wrapperFor({ grpc: `127.0.0.1:${PORT_MTLS}`, 'grpc-tls': { ...tls, 'cert-file': pem('client.pem') } });
@@ -259,7 +260,7 @@ describe('grpc key provider', () => {
     const ac = new AbortController();
     setTimeout(() => ac.abort(new Error('layer deadline')), 200);
     const started = Date.now();
-    const err = await w.unwrap(TOY_ENTRY, { ...ctx(), signal: ac.signal }).catch((e: unknown) => e as Error);
+    const err = await unwrapEntry(w, TOY_ENTRY, { ...ctx(), signal: ac.signal }).catch((e: unknown) => e as Error);
     expect(Date.now() - started).toBeLessThan(3000);
     expect((err as Error).message).toBe('Error from grpc method: aborted (layer deadline)');
   });

@@ -18,6 +18,7 @@ import {
   withoutKeyMaterial,
 } from '../../src/ocicrypt/keyprovider/protocol.js';
 import { runProviderCommand } from '../../src/ocicrypt/keyprovider/cmd.js';
+import { unwrapEntry } from '../helpers/unwrap-entry.js';
 
 const FIX = resolve(__dirname, '../fixtures/ocicrypt-v1.3.1');
 const TOY = join(FIX, 'keyprovider-toy');
@@ -37,7 +38,7 @@ const FIXTURE_PARAMS: DecryptParameters = {
 const FIXTURE_ANNOTATION = Buffer.from('WRAPPED-ANNOTATION-BYTES');
 
 function ctx(params: DecryptParameters = {}, signal: AbortSignal = new AbortController().signal): UnwrapContext {
-  return { params, layerDigest: 'sha256:test', signal, audit: {} };
+  return { params, layerDigest: 'sha256:test', signal };
 }
 
 /** AES-256-CTR + HMAC-SHA256 over the ciphertext (ocicrypt's layer cipher), for checking an unwrapped privopts. */
@@ -91,7 +92,7 @@ function wrappersFor(providers: unknown, extraEnv: NodeJS.ProcessEnv = {}, timeo
 }
 
 async function unwrapError(w: KeyWrapper, entry: Buffer, c: UnwrapContext = ctx()): Promise<DecoderError> {
-  const err = await w.unwrap(entry, c).then(
+  const err = await unwrapEntry(w, entry, c).then(
     () => undefined,
     (e: unknown) => e,
   );
@@ -265,7 +266,7 @@ describe('cmd key provider', () => {
     expect(w!.noPossibleKeys({})).toBe(false);
     expect(w!.hasPrivateKeys({ privkeys: [Buffer.from('k')] })).toBe(false);
 
-    const privopts = await w!.unwrap(Buffer.from(TOY_ANNOTATION, 'base64'), ctx());
+    const privopts = await unwrapEntry(w!, Buffer.from(TOY_ANNOTATION, 'base64'), ctx());
     expect(privopts).not.toBeNull();
     const pubopts = JSON.parse(Buffer.from(TOY_PUBOPTS, 'base64').toString()) as { hmac: string };
     const plain = decryptLayer(privopts!, readFileSync(join(TOY, 'layer.tar.gz.enc')), pubopts);
@@ -275,12 +276,12 @@ describe('cmd key provider', () => {
   it('strips local keys before sending: the provider sees only non-key parameters', async () => {
     const log = join(dir, 'kp-stdin.log');
     const { wrappers } = wrappersFor({ toy: { cmd: { path: TOY_PROVIDER } } }, { KP_LOG: log });
-    await wrappers[0]!.unwrap(FIXTURE_ANNOTATION, ctx(FIXTURE_PARAMS));
+    await unwrapEntry(wrappers[0]!, FIXTURE_ANNOTATION, ctx(FIXTURE_PARAMS));
     // provider.sh logs its stdin with `echo`, which appends a newline.
     expect(readFileSync(log, 'utf8')).toBe(
       '{"op":"keyunwrap","keywrapparams":{"ec":null,"optsdata":null},"keyunwrapparams":{"dc":{"Parameters":{"testprov":["RW5hYmxlZA=="]}},"annotation":"V1JBUFBFRC1BTk5PVEFUSU9OLUJZVEVT"}}\n',
     );
-    await wrappers[0]!.unwrap(FIXTURE_ANNOTATION, ctx({ privkeys: [Buffer.from('PEMDATA')], 'privkeys-passwords': [null] }));
+    await unwrapEntry(wrappers[0]!, FIXTURE_ANNOTATION, ctx({ privkeys: [Buffer.from('PEMDATA')], 'privkeys-passwords': [null] }));
     expect(readFileSync(log, 'utf8')).toContain('"dc":{"Parameters":null}');
   });
 
@@ -291,19 +292,19 @@ describe('cmd key provider', () => {
     );
     const { wrappers } = wrappersFor({ rust: { cmd: { path: rust } } });
     const entry = Buffer.from(TOY_ANNOTATION, 'base64');
-    expect((await wrappers[0]!.unwrap(entry, ctx()))?.equals(entry)).toBe(true);
+    expect((await unwrapEntry(wrappers[0]!, entry, ctx()))?.equals(entry)).toBe(true);
   });
 
   it('returns null when the provider answers without optsdata', async () => {
     const p = script('empty.sh', `cat >/dev/null; echo '{"keyunwrapresults":{}}'`);
     const { wrappers } = wrappersFor({ e: { cmd: { path: p } } });
-    expect(await wrappers[0]!.unwrap(Buffer.from('x'), ctx())).toBeNull();
+    expect(await unwrapEntry(wrappers[0]!, Buffer.from('x'), ctx())).toBeNull();
   });
 
   it('passes the configured args', async () => {
     const p = script('args.sh', `cat >/dev/null; [ "$1" = one ] && [ "$2" = "two words" ] && echo '{}' || exit 9`);
     const { wrappers } = wrappersFor({ a: { cmd: { path: p, args: ['one', 'two words'] } } });
-    expect(await wrappers[0]!.unwrap(Buffer.from('x'), ctx())).toBeNull();
+    expect(await unwrapEntry(wrappers[0]!, Buffer.from('x'), ctx())).toBeNull();
   });
 
   it('reports a non-zero exit with the provider stderr, as upstream', async () => {

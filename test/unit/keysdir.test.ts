@@ -6,6 +6,7 @@ import { classifyKeyFile, isOpenPgpSecretKeyring, loadKeysDirectory } from '../.
 import { jweKeyWrapper } from '../../src/ocicrypt/keywrap/jwe.js';
 import type { DecryptParameters, UnwrapContext } from '../../src/ocicrypt/keywrap/keywrapper.js';
 import { pkcs7KeyWrapper } from '../../src/ocicrypt/keywrap/pkcs7.js';
+import { unwrapEntry } from '../helpers/unwrap-entry.js';
 
 const FIX = join(import.meta.dirname, '..', 'fixtures');
 const skopeoKey = (name: string): Buffer => readFileSync(join(FIX, 'ocicrypt', 'keys', name));
@@ -14,7 +15,7 @@ const v131Key = (name: string): Buffer => readFileSync(join(FIX, 'ocicrypt-v1.3.
 const PKCS11_YAML = 'pkcs11:\n  uri: pkcs11:token=t;object=k;type=private?pin-value=1234&module-name=softhsm2\n';
 
 function ctx(params: DecryptParameters): UnwrapContext {
-  return { params, layerDigest: 'sha256:test', signal: new AbortController().signal, audit: {} };
+  return { params, layerDigest: 'sha256:test', signal: new AbortController().signal };
 }
 function readLayerAnnotations(layout: string): Record<string, string> {
   const dir = join(FIX, 'ocicrypt', layout);
@@ -96,10 +97,10 @@ describe('loadKeysDirectory', () => {
     });
     const params = await loadKeysDirectory(dir, warn);
     const ec = readLayerAnnotations('enc-jwe-ec')['org.opencontainers.image.enc.keys.jwe']!;
-    const jweOut = await jweKeyWrapper.unwrap(Buffer.from(ec, 'base64'), ctx(params));
+    const jweOut = await unwrapEntry(jweKeyWrapper, Buffer.from(ec, 'base64'), ctx(params));
     expect(Buffer.from(JSON.parse(jweOut!.toString('utf8')).symkey, 'base64')).toHaveLength(32);
     const p7 = readLayerAnnotations('enc-pkcs7')['org.opencontainers.image.enc.keys.pkcs7']!;
-    const p7Out = await pkcs7KeyWrapper.unwrap(Buffer.from(p7, 'base64'), ctx(params));
+    const p7Out = await unwrapEntry(pkcs7KeyWrapper, Buffer.from(p7, 'base64'), ctx(params));
     expect(Buffer.from(JSON.parse(p7Out!.toString('utf8')).symkey, 'base64')).toHaveLength(32);
   });
 

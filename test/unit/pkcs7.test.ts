@@ -9,6 +9,7 @@ import type { DecryptParameters, UnwrapContext } from '../../src/ocicrypt/keywra
 import { parseEnvelopedData, pkcs7KeyWrapper, syntheticKey, unpadPkcs1v15 } from '../../src/ocicrypt/keywrap/pkcs7.js';
 import { pgpKeyWrapper, pkcs11KeyWrapper } from '../../src/ocicrypt/keywrap/unsupported.js';
 import { DecoderError, describeError } from '../../src/util/errors.js';
+import { unwrapEntry } from '../helpers/unwrap-entry.js';
 
 const FIX = join(import.meta.dirname, '..', 'fixtures');
 const SKOPEO = join(FIX, 'ocicrypt');
@@ -31,7 +32,7 @@ function firstEntry(annotation: string | undefined): Buffer {
   return Buffer.from(annotation.split(',')[0]!, 'base64');
 }
 function ctx(params: DecryptParameters): UnwrapContext {
-  return { params, layerDigest: 'sha256:test', signal: new AbortController().signal, audit: {} };
+  return { params, layerDigest: 'sha256:test', signal: new AbortController().signal };
 }
 function params(keys: Buffer[], certs: Buffer[]): DecryptParameters {
   return { privkeys: keys, 'privkeys-passwords': keys.map(() => null), x509s: certs };
@@ -57,15 +58,15 @@ describe('pkcs7 key wrapper against real fixtures', () => {
   it.each(['enc-pkcs7', 'enc-multi'])('%s unwraps with pkcs7-priv.pem + pkcs7-cert.pem and the layer decrypts to the plain blob', async (layout) => {
     const layer = readLayer(join(SKOPEO, layout));
     const c = ctx(skopeoParams());
-    const privopts = await pkcs7KeyWrapper.unwrap(firstEntry(layer.annotations[PKCS7]), c);
-    const plain = decryptLayerBlob(layer.blob, privopts!, layer.annotations['org.opencontainers.image.enc.pubopts']!);
+    const out = await pkcs7KeyWrapper.unwrap(firstEntry(layer.annotations[PKCS7]), c);
+    const plain = decryptLayerBlob(layer.blob, out!.privopts, layer.annotations['org.opencontainers.image.enc.pubopts']!);
     expect(plain.equals(plainBlob)).toBe(true);
-    expect(c.audit.scheme).toBe('pkcs7');
+    expect(out!.facts).toBeUndefined();
   });
 
   it('ocicrypt v1.3.1 vector (AES-128-GCM, non-DER parameters) unwraps privopts.json byte for byte', async () => {
     const der = readFileSync(join(V131, 'annotations', `${PKCS7}.0.bin`));
-    const out = await pkcs7KeyWrapper.unwrap(der, ctx(params([v131Key('pkcs7_key.pem')], [v131Key('pkcs7_cert.pem')])));
+    const out = await unwrapEntry(pkcs7KeyWrapper, der, ctx(params([v131Key('pkcs7_key.pem')], [v131Key('pkcs7_cert.pem')])));
     expect(out!.equals(readFileSync(join(V131, 'privopts.json')))).toBe(true);
     // and the descriptor's annotation is the same bytes
     const descriptor = JSON.parse(readFileSync(join(V131, 'descriptor.json'), 'utf8'));
@@ -89,21 +90,21 @@ describe('pkcs7 key wrapper against real fixtures', () => {
       [skopeoKey('ec-priv.pem'), skopeoKey('rsa-priv.pem'), skopeoKey('pkcs7-priv.pem')],
       [v131Key('pkcs7_cert.pem'), skopeoKey('pkcs7-cert.pem')],
     );
-    const out = await pkcs7KeyWrapper.unwrap(firstEntry(layer.annotations[PKCS7]), ctx(p));
+    const out = await unwrapEntry(pkcs7KeyWrapper, firstEntry(layer.annotations[PKCS7]), ctx(p));
     expect(JSON.parse(out!.toString('utf8')).symkey).toBeTypeOf('string');
   });
 
   it('needs x509s, with upstream’s message', async () => {
     const layer = readLayer(join(SKOPEO, 'enc-pkcs7'));
     const p: DecryptParameters = { privkeys: [skopeoKey('pkcs7-priv.pem')], 'privkeys-passwords': [null] };
-    await expect(pkcs7KeyWrapper.unwrap(firstEntry(layer.annotations[PKCS7]), ctx(p))).rejects.toThrow(
+    await expect(unwrapEntry(pkcs7KeyWrapper, firstEntry(layer.annotations[PKCS7]), ctx(p))).rejects.toThrow(
       /^no x509 certificates found needed for PKCS7 decryption$/,
     );
   });
 
   it('a key/password count mismatch is refused with upstream’s (lower-case) message', async () => {
     const p: DecryptParameters = { privkeys: [skopeoKey('pkcs7-priv.pem')], x509s: [skopeoKey('pkcs7-cert.pem')] };
-    await expect(pkcs7KeyWrapper.unwrap(Buffer.alloc(0), ctx(p))).rejects.toThrow(
+    await expect(unwrapEntry(pkcs7KeyWrapper, Buffer.alloc(0), ctx(p))).rejects.toThrow(
       /^private key password array length must be same as that of private keys$/,
     );
   });
@@ -111,7 +112,7 @@ describe('pkcs7 key wrapper against real fixtures', () => {
   it('wrong key: clean one-line DecoderError without key material', async () => {
     const layer = readLayer(join(SKOPEO, 'enc-pkcs7'));
     const key = skopeoKey('rsa-priv.pem');
-    const err = await pkcs7KeyWrapper.unwrap(firstEntry(layer.annotations[PKCS7]), ctx(params([key], [skopeoKey('pkcs7-cert.pem')]))).catch((e) => e);
+    const err = await unwrapEntry(pkcs7KeyWrapper, firstEntry(layer.annotations[PKCS7]), ctx(params([key], [skopeoKey('pkcs7-cert.pem')]))).catch((e) => e);
     expect(err).toBeInstanceOf(DecoderError);
     expect(err.message).toBe('PKCS7: No suitable private key found for decryption');
     expect(describeError(err)).toBe(err.message);
@@ -121,7 +122,7 @@ describe('pkcs7 key wrapper against real fixtures', () => {
   it('a tampered ciphertext (GCM tag check) fails cleanly', async () => {
     const der = Buffer.from(readFileSync(join(V131, 'annotations', `${PKCS7}.0.bin`)));
     der[der.length - 20]! ^= 0x01;
-    await expect(pkcs7KeyWrapper.unwrap(der, ctx(params([v131Key('pkcs7_key.pem')], [v131Key('pkcs7_cert.pem')])))).rejects.toThrow(
+    await expect(unwrapEntry(pkcs7KeyWrapper, der, ctx(params([v131Key('pkcs7_key.pem')], [v131Key('pkcs7_cert.pem')])))).rejects.toThrow(
       'PKCS7: No suitable private key found for decryption',
     );
   });
@@ -138,7 +139,7 @@ describe('pkcs7 key wrapper against real fixtures', () => {
     for (const em of [em1, em2]) {
       const forged = Buffer.from(der);
       publicEncrypt({ key: pub, padding: constants.RSA_NO_PADDING }, em).copy(forged, at);
-      await expect(pkcs7KeyWrapper.unwrap(forged, ctx(params([v131Key('pkcs7_key.pem')], [v131Key('pkcs7_cert.pem')])))).rejects.toThrow(
+      await expect(unwrapEntry(pkcs7KeyWrapper, forged, ctx(params([v131Key('pkcs7_key.pem')], [v131Key('pkcs7_cert.pem')])))).rejects.toThrow(
         'PKCS7: No suitable private key found for decryption',
       );
     }
@@ -166,7 +167,7 @@ describe('pkcs7 key wrapper against real fixtures', () => {
     // The inner contentType OID's value (offset 348, 9 bytes) is the one field whose value nothing checks, as upstream.
     const contentTypeValue = der.indexOf(Buffer.from('06092a864886f70d010701', 'hex')) + 2;
     for (const input of inputs) {
-      const err = await pkcs7KeyWrapper.unwrap(input, ctx(p)).then(
+      const err = await unwrapEntry(pkcs7KeyWrapper, input, ctx(p)).then(
         () => undefined,
         (e) => e,
       );
@@ -178,7 +179,7 @@ describe('pkcs7 key wrapper against real fixtures', () => {
   });
 
   it('bad certificate bytes give upstream’s message', async () => {
-    await expect(pkcs7KeyWrapper.unwrap(Buffer.alloc(1), ctx(params([skopeoKey('pkcs7-priv.pem')], [Buffer.from('not a cert')])))).rejects.toThrow(
+    await expect(unwrapEntry(pkcs7KeyWrapper, Buffer.alloc(1), ctx(params([skopeoKey('pkcs7-priv.pem')], [Buffer.from('not a cert')])))).rejects.toThrow(
       'PKCS7: Could not parse x509 certificate',
     );
   });
@@ -216,12 +217,12 @@ describe('pkcs7 key wrapper against OpenSSL-made EnvelopedData (CBC content, OAE
     // The BER walker reads the envelope (recipients, OAEP parameters, indefinite lengths) up to the content
     // algorithm, which it then refuses with one fixed line.
     expect(() => parseEnvelopedData(der)).toThrow(`PKCS7: content encryption ${cipher} is refused (unauthenticated); only AES-GCM, as ocicrypt writes it`);
-    await expect(pkcs7KeyWrapper.unwrap(der, ctx(params([v131Key('pkcs7_key.pem')], [v131Key('pkcs7_cert.pem')])))).rejects.toThrow(/refused \(unauthenticated\)/);
+    await expect(unwrapEntry(pkcs7KeyWrapper, der, ctx(params([v131Key('pkcs7_key.pem')], [v131Key('pkcs7_cert.pem')])))).rejects.toThrow(/refused \(unauthenticated\)/);
   });
 
   it('AuthEnvelopedData (OpenSSL -aes-128-gcm) is not the EnvelopedData ocicrypt writes', async () => {
     const der = make('authenveloped', ['-aes-128-gcm']);
-    await expect(pkcs7KeyWrapper.unwrap(der, ctx(params([v131Key('pkcs7_key.pem')], [v131Key('pkcs7_cert.pem')])))).rejects.toThrow(/is not enveloped data/);
+    await expect(unwrapEntry(pkcs7KeyWrapper, der, ctx(params([v131Key('pkcs7_key.pem')], [v131Key('pkcs7_cert.pem')])))).rejects.toThrow(/is not enveloped data/);
   });
 });
 
@@ -300,7 +301,7 @@ describe('schemes coco-decoder does not implement (pgp, pkcs11)', () => {
     expect(pgpKeyWrapper.noPossibleKeys(gpg)).toBe(false);
     expect(pgpKeyWrapper.hasPrivateKeys(gpg)).toBe(true);
     const pgpEntry = readFileSync(join(V131, 'annotations', 'org.opencontainers.image.enc.keys.pgp.0.bin'));
-    const err = await pgpKeyWrapper.unwrap(pgpEntry, ctx(gpg)).catch((e) => e);
+    const err = await unwrapEntry(pgpKeyWrapper, pgpEntry, ctx(gpg)).catch((e) => e);
     expect(err).toBeInstanceOf(DecoderError);
     expect(err.message).toBe('pgp key wrapping is not supported by coco-decoder; re-encrypt the image for jwe, pkcs7 or a key provider');
 
@@ -308,7 +309,7 @@ describe('schemes coco-decoder does not implement (pgp, pkcs11)', () => {
     expect(pkcs11KeyWrapper.supported).toBe(false);
     expect(pkcs11KeyWrapper.noPossibleKeys({})).toBe(true);
     expect(pkcs11KeyWrapper.noPossibleKeys({ 'pkcs11-yamls': [Buffer.from('pkcs11:')] })).toBe(false);
-    await expect(pkcs11KeyWrapper.unwrap(Buffer.from('{}'), ctx({ 'pkcs11-yamls': [Buffer.from('x')] }))).rejects.toThrow(
+    await expect(unwrapEntry(pkcs11KeyWrapper, Buffer.from('{}'), ctx({ 'pkcs11-yamls': [Buffer.from('x')] }))).rejects.toThrow(
       /^pkcs11 key wrapping is not supported by coco-decoder; re-encrypt the image for jwe, pkcs7 or a key provider$/,
     );
   });

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { defaultConfig } from '../../src/config/types.js';
 import { buildKeyWrappers } from '../../src/ocicrypt/keywrap/registry.js';
-import { annotationFor, type DecryptParameters, type KeyWrapper, type UnwrapContext } from '../../src/ocicrypt/keywrap/keywrapper.js';
+import { annotationFor, type DecryptParameters, type KeyWrapper, type UnwrapContext, type UnwrappedEntry } from '../../src/ocicrypt/keywrap/keywrapper.js';
 import { layerKeySchemes, unwrapLayerKey } from '../../src/ocicrypt/unwrap-layer-key.js';
 import { DecoderError, describeError } from '../../src/util/errors.js';
 
@@ -16,6 +16,8 @@ interface FakeOptions {
   /** Per decoded entry: a result, null, or an error message to throw. */
   answers?: Record<string, string | null | { error: string }>;
   delayMs?: number;
+  /** The audit facts a successful unwrap returns. */
+  facts?: UnwrappedEntry['facts'];
 }
 
 /** A wrapper whose unwrap answers by the decoded entry text; records the entries it was asked about. */
@@ -28,7 +30,7 @@ function fake(scheme: string, o: FakeOptions = {}): KeyWrapper & { calls: string
     calls,
     noPossibleKeys: (p: DecryptParameters) => keysParam !== '' && (p[keysParam]?.length ?? 0) === 0,
     hasPrivateKeys: (p: DecryptParameters) => keysParam !== '' && (p[keysParam]?.length ?? 0) > 0,
-    async unwrap(entry: Buffer, ctx: UnwrapContext): Promise<Buffer | null> {
+    async unwrap(entry: Buffer, ctx: UnwrapContext): Promise<UnwrappedEntry | null> {
       const text = entry.toString();
       calls.push(text);
       if (o.delayMs) {
@@ -43,7 +45,7 @@ function fake(scheme: string, o: FakeOptions = {}): KeyWrapper & { calls: string
       const a = o.answers?.[text];
       if (a === undefined || a === null) return null;
       if (typeof a === 'object') throw new DecoderError(a.error);
-      return Buffer.from(a);
+      return { privopts: Buffer.from(a), facts: o.facts };
     },
   };
 }
@@ -51,7 +53,7 @@ function fake(scheme: string, o: FakeOptions = {}): KeyWrapper & { calls: string
 const withKeys: DecryptParameters = { privkeys: [Buffer.from('k')], 'privkeys-passwords': [null] };
 
 function ctx(params: DecryptParameters = withKeys, signal: AbortSignal = new AbortController().signal): UnwrapContext {
-  return { params, layerDigest: 'sha256:abc', signal, audit: {} };
+  return { params, layerDigest: 'sha256:abc', signal };
 }
 
 async function errorOf(p: Promise<unknown>): Promise<string> {
@@ -65,42 +67,40 @@ async function errorOf(p: Promise<unknown>): Promise<string> {
 
 describe('scheme order and entry selection', () => {
   it('tries schemes in the fixed wrapper order and stops at the first success', async () => {
-    const jwe = fake('jwe', { answers: { J: 'privopts-from-jwe' } });
+    const jwe = fake('jwe', { answers: { J: 'privopts-from-jwe' }, facts: { kid: 'jwe-kid' } });
     const pkcs7 = fake('pkcs7', { answers: { P: 'privopts-from-pkcs7' } });
     const annotations = { [annotationFor('pkcs7')]: b64('P'), [annotationFor('jwe')]: b64('J') };
-    const c = ctx();
-    expect((await unwrapLayerKey([jwe, pkcs7], annotations, c)).toString()).toBe('privopts-from-jwe');
+    const r = await unwrapLayerKey([jwe, pkcs7], annotations, ctx());
+    expect(r.privopts.toString()).toBe('privopts-from-jwe');
     expect(pkcs7.calls).toEqual([]);
-    expect(c.audit.scheme).toBe('jwe');
+    expect(r.audit).toEqual({ scheme: 'jwe', kid: 'jwe-kid' });
   });
 
   it('credits the audit record to the scheme that unwrapped the key, not to one that failed before it', async () => {
     const failingProvider: KeyWrapper = {
       ...fake('provider.attestation-agent', { keysParam: '' }),
-      async unwrap(_entry: Buffer, c: UnwrapContext): Promise<Buffer | null> {
-        c.audit.kid = 'kbs:///default/image-kek/a';
-        c.audit.tokenFromCache = true;
+      async unwrap(): Promise<UnwrappedEntry | null> {
         throw new DecoderError('KBS unreachable');
       },
     };
     const pkcs7 = fake('pkcs7', { answers: { P: 'ok' } });
     const annotations = { [annotationFor('provider.attestation-agent')]: b64('A'), [annotationFor('pkcs7')]: b64('P') };
-    const c = ctx();
-    expect((await unwrapLayerKey([failingProvider, pkcs7], annotations, c)).toString()).toBe('ok');
-    expect(c.audit).toEqual({ scheme: 'pkcs7' });
+    const r = await unwrapLayerKey([failingProvider, pkcs7], annotations, ctx());
+    expect(r.privopts.toString()).toBe('ok');
+    expect(r.audit).toEqual({ scheme: 'pkcs7' });
   });
 
   it('falls through to the next scheme when one fails', async () => {
     const jwe = fake('jwe', { answers: { J: { error: 'JWE: No suitable private key found for decryption' } } });
     const pkcs7 = fake('pkcs7', { answers: { P: 'ok' } });
     const annotations = { [annotationFor('jwe')]: b64('J'), [annotationFor('pkcs7')]: b64('P') };
-    expect((await unwrapLayerKey([jwe, pkcs7], annotations, ctx())).toString()).toBe('ok');
+    expect((await unwrapLayerKey([jwe, pkcs7], annotations, ctx())).privopts.toString()).toBe('ok');
   });
 
   it('tries comma-separated entries left to right; errors and nulls move on to the next entry', async () => {
     const jwe = fake('jwe', { answers: { A: { error: 'bad' }, B: null, C: 'third' } });
     const annotations = { [annotationFor('jwe')]: [b64('A'), b64('B'), b64('C')].join(',') };
-    expect((await unwrapLayerKey([jwe], annotations, ctx())).toString()).toBe('third');
+    expect((await unwrapLayerKey([jwe], annotations, ctx())).privopts.toString()).toBe('third');
     expect(jwe.calls).toEqual(['A', 'B', 'C']);
   });
 
@@ -116,7 +116,7 @@ describe('scheme order and entry selection', () => {
   it('ignores wrappers whose annotation is absent or empty', async () => {
     const jwe = fake('jwe', { answers: { J: 'x' } });
     const pkcs7 = fake('pkcs7', { answers: { P: 'y' } });
-    expect((await unwrapLayerKey([jwe, pkcs7], { [annotationFor('jwe')]: '', [annotationFor('pkcs7')]: b64('P') }, ctx())).toString()).toBe('y');
+    expect((await unwrapLayerKey([jwe, pkcs7], { [annotationFor('jwe')]: '', [annotationFor('pkcs7')]: b64('P') }, ctx())).privopts.toString()).toBe('y');
     expect(jwe.calls).toEqual([]);
   });
 });
@@ -192,7 +192,7 @@ describe('unsupported schemes (pgp, pkcs11)', () => {
   it('uses another usable scheme when there is one', async () => {
     const jwe = fake('jwe', { answers: { J: 'from-jwe' } });
     const annotations = { [annotationFor('pgp')]: b64('G'), [annotationFor('jwe')]: b64('J') };
-    expect((await unwrapLayerKey([jwe, pgp], annotations, ctx())).toString()).toBe('from-jwe');
+    expect((await unwrapLayerKey([jwe, pgp], annotations, ctx())).privopts.toString()).toBe('from-jwe');
   });
 
   it('mentions the unsupported scheme among the causes when the usable one fails', async () => {
@@ -290,7 +290,7 @@ describe('key wrapper registry (real modules)', () => {
     expect(wrappers.map((w) => w.scheme)).toEqual(['provider.attestation-agent']);
     // The toy provider is an identity wrap: the external command answered, not the KBS client.
     const privopts = Buffer.from('{"symkey":"x"}');
-    expect(await wrappers[0]!.unwrap(privopts, ctx({}))).toEqual(privopts);
+    expect((await wrappers[0]!.unwrap(privopts, ctx({})))?.privopts).toEqual(privopts);
   });
 
   it('adds no attestation-agent wrapper when the layer has no such annotation', async () => {

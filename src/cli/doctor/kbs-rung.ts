@@ -1,15 +1,16 @@
 /**
  * Rung 3: the KBS answers at `kbs.url` over verified TLS, and the protocol dialect it speaks. Probed with the
- * first RCAR request (`POST /kbs/v0/auth`), which is harmless (trustee just opens a session that expires) and is
- * exactly what the decoder sends first; trustee answers a version it does not speak with a 401 naming its own.
+ * decoder's own first RCAR step (kbs/client.ts `authenticate`: `POST /kbs/v0/auth` and its version fallback),
+ * which is harmless (trustee just opens a session that expires); this rung only turns its errors into fixes.
  */
 import type { TeeType } from '../../attest/attester.js';
 import { DEFAULT_CONFIG_PATH } from '../../config/types.js';
 import type { Config } from '../../config/types.js';
 import { createDeadline } from '../../kbs/deadline.js';
-import { KbsError, errorCodes, errorFromResponse } from '../../kbs/errors.js';
+import { authenticate } from '../../kbs/client.js';
+import { KbsError, errorCodes } from '../../kbs/errors.js';
 import { KbsHttp } from '../../kbs/http.js';
-import { buildAuthRequest, isSupportedProtocol, parseErrorInformation } from '../../kbs/protocol.js';
+import { isSupportedProtocol } from '../../kbs/protocol.js';
 import type { ProtocolVersion } from '../../kbs/protocol.js';
 import { describeError } from '../../util/errors.js';
 import { fail, pass } from './rung.js';
@@ -22,7 +23,6 @@ export interface KbsOutcome {
   dialect?: ProtocolVersion;
 }
 
-const MAX_AUTH_BYTES = 64 * 1024;
 const TRUSTEE_RELEASES: Record<ProtocolVersion, string> = { '0.4.0': 'trustee ≥ v0.14', '0.2.0': 'trustee v0.12–v0.13' };
 
 export async function checkKbs(config: Config, tee: TeeType, env: NodeJS.ProcessEnv): Promise<KbsOutcome> {
@@ -38,29 +38,14 @@ export async function checkKbs(config: Config, tee: TeeType, env: NodeJS.Process
     return { result: fail('kbs', describeError(err), `make kbs.cert in ${where} name a readable PEM file with the KBS's CA certificate`) };
   }
 
-  const deadline = createDeadline(config.kbs.totalTimeoutMs, url);
-  const probe = async (version: ProtocolVersion): Promise<KbsError | undefined> => {
-    const res = await http.send(
-      { method: 'POST', path: '/kbs/v0/auth', json: buildAuthRequest(version, tee), maxBytes: MAX_AUTH_BYTES, what: 'POST /kbs/v0/auth' },
-      deadline,
-    );
-    if (res.status === 200) return undefined;
-    let info;
-    try {
-      info = parseErrorInformation(JSON.parse(res.body.toString('utf8')));
-    } catch {
-      info = undefined;
-    }
-    return errorFromResponse(res.status, info, info ? '' : res.body.toString('utf8').slice(0, 200), { endpoint: 'auth', kbsUrl: url, version, tee });
-  };
-
+  // The decoder's own first step (kbs/client.ts `authenticate`): same request, same version fallback, same errors.
   const pinned = config.kbs.protocol;
-  const first: ProtocolVersion = pinned === 'auto' ? '0.4.0' : pinned;
-  let dialect: ProtocolVersion = first;
+  let auth;
   try {
-    let refusal = await probe(first);
-    if (refusal?.kind === 'version-mismatch' && refusal.expectedVersion !== undefined) {
-      const wanted = refusal.expectedVersion;
+    auth = await authenticate({ http, tee, protocol: pinned, teeNames: config.kbs.teeNames, deadline: createDeadline(config.kbs.totalTimeoutMs, url) });
+  } catch (err) {
+    if (err instanceof KbsError && err.kind === 'version-mismatch' && err.expectedVersion !== undefined) {
+      const wanted = err.expectedVersion;
       if (!isSupportedProtocol(wanted)) {
         return {
           result: fail('kbs', `${url} speaks KBS protocol ${wanted}, which coco-decoder does not (it speaks 0.4.0 and 0.2.0)`, 'use a trustee KBS from v0.12 on'),
@@ -73,15 +58,13 @@ export async function checkKbs(config: Config, tee: TeeType, env: NodeJS.Process
           http,
         };
       }
-      dialect = wanted;
-      refusal = await probe(wanted);
     }
-    if (refusal !== undefined) return { result: fail('kbs', describeError(refusal), authFix(refusal, url)), http };
-  } catch (err) {
+    if (err instanceof KbsError && err.status !== undefined) return { result: fail('kbs', describeError(err), authFix(err, url)), http };
     await http.close();
     return { result: transportFailure(err, config) };
   }
-  const fallback = dialect !== first ? ` (after the version-mismatch answer to ${first})` : '';
+  const { dialect, switchedFrom } = auth;
+  const fallback = switchedFrom !== undefined ? ` (after the version-mismatch answer to ${switchedFrom})` : '';
   return {
     result: pass('kbs', `${url} reachable, ${tlsSummary(config)}, protocol ${dialect}${fallback} (${TRUSTEE_RELEASES[dialect]})`),
     http,

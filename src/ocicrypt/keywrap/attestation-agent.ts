@@ -10,7 +10,7 @@ import { DecoderError } from '../../util/errors.js';
 import { parseAnnotationPacket } from './attestation-agent-packet.js';
 import type { AnnotationPacket } from './attestation-agent-packet.js';
 import { KEK_BYTES } from './attestation-agent-wrap.js';
-import type { DecryptParameters, KeyWrapper, UnwrapContext } from './keywrapper.js';
+import type { DecryptParameters, KeyWrapper, UnwrapContext, UnwrappedEntry } from './keywrapper.js';
 
 export const ATTESTATION_AGENT_SCHEME = 'provider.attestation-agent';
 const GCM_TAG_BYTES = 16;
@@ -26,19 +26,16 @@ export function createAttestationAgentWrapper(getKek: GetKek): KeyWrapper {
     noPossibleKeys: (_params: DecryptParameters) => false,
     hasPrivateKeys: (_params: DecryptParameters) => false,
 
-    async unwrap(entry: Buffer, ctx: UnwrapContext): Promise<Buffer | null> {
-      ctx.audit.scheme = ATTESTATION_AGENT_SCHEME;
+    async unwrap(entry: Buffer, ctx: UnwrapContext): Promise<UnwrappedEntry | null> {
       const packet = parseAnnotationPacket(entry);
       const uri = parseResourceUri(packet.kid);
-      ctx.audit.kid = uri.uri;
       if (ctx.signal.aborted) throw new DecoderError(`fetching ${uri.uri} from the KBS was abandoned: the layer deadline passed`);
       const { kek, tokenFromCache } = await getKek(uri.uri, ctx.signal);
       try {
-        ctx.audit.tokenFromCache = tokenFromCache;
         if (kek.length !== KEK_BYTES) {
           throw new DecoderError(`the KBS resource ${uri.uri} is ${kek.length} bytes, not a ${KEK_BYTES}-byte AES-256 key encryption key`);
         }
-        return unwrapLayerKey(kek, packet, uri.uri);
+        return { privopts: unwrapLayerKey(kek, packet, uri.uri), facts: { kid: uri.uri, tokenFromCache } };
       } finally {
         kek.fill(0);
       }

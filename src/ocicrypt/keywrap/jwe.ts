@@ -14,7 +14,7 @@ import {
 } from 'jose';
 import { DecoderError } from '../../util/errors.js';
 import { parsePrivateKey, UnsupportedPrivateKeyError } from '../keys/private-key.js';
-import { privateKeysOf, type DecryptParameters, type KeyWrapper, type UnwrapContext } from './keywrapper.js';
+import { privateKeysOf, type DecryptParameters, type KeyWrapper, type UnwrapContext, type UnwrappedEntry } from './keywrapper.js';
 import { quoteUntrusted } from '../../util/quote.js';
 import { isObject } from '../../util/is-object.js';
 
@@ -175,7 +175,7 @@ export const jweKeyWrapper: KeyWrapper = {
     return privateKeysOf(params).length > 0;
   },
 
-  async unwrap(entry: Buffer, ctx: UnwrapContext): Promise<Buffer | null> {
+  async unwrap(entry: Buffer, ctx: UnwrapContext): Promise<UnwrappedEntry | null> {
     const parsed = parseJwe(entry);
     const keys = privateKeysOf(ctx.params);
     if (keys.length === 0) throw new DecoderError('No private keys found for JWE decryption');
@@ -196,9 +196,8 @@ export const jweKeyWrapper: KeyWrapper = {
       }
       const result = await tryKey(parsed, key);
       if (result) {
-        ctx.audit.scheme = 'jwe';
-        if (result.kid !== undefined) ctx.audit.kid = result.kid;
-        return Buffer.from(result.plaintext.buffer, result.plaintext.byteOffset, result.plaintext.byteLength);
+        const privopts = Buffer.from(result.plaintext.buffer, result.plaintext.byteOffset, result.plaintext.byteLength);
+        return result.kid !== undefined ? { privopts, facts: { kid: result.kid } } : { privopts };
       }
     }
     throw new DecoderError('JWE: No suitable private key found for decryption');

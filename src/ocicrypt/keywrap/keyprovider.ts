@@ -9,7 +9,7 @@ import { DecoderError } from '../../util/errors.js';
 import { loadKeyProviderConfig, type KeyProviderEntry } from '../keyprovider/config.js';
 import { marshalUnwrapInput, parseUnwrapOutput, withoutKeyMaterial } from '../keyprovider/protocol.js';
 import { runProviderCommand } from '../keyprovider/cmd.js';
-import type { DecryptParameters, KeyWrapper, UnwrapContext } from './keywrapper.js';
+import type { DecryptParameters, KeyWrapper, UnwrapContext, UnwrappedEntry } from './keywrapper.js';
 
 export interface KeyProviderWrapperOptions {
   /** Deadline of one provider call (process run or gRPC call). */
@@ -44,7 +44,7 @@ class KeyProviderWrapper implements KeyWrapper {
     return false;
   }
 
-  async unwrap(entry: Buffer, ctx: UnwrapContext): Promise<Buffer | null> {
+  async unwrap(entry: Buffer, ctx: UnwrapContext): Promise<UnwrappedEntry | null> {
     const invocation = this.entry.invocation;
     if (invocation.kind === 'invalid') throw new DecoderError(invocation.reason);
     if (ctx.signal.aborted) throw new DecoderError(`key provider ${this.entry.name}: aborted before it was called`);
@@ -70,7 +70,8 @@ class KeyProviderWrapper implements KeyWrapper {
       prefix = 'Error while unmarshalling grpc method output';
     }
     try {
-      return parseUnwrapOutput(output, prefix);
+      const privopts = parseUnwrapOutput(output, prefix);
+      return privopts === null ? null : { privopts };
     } catch (err) {
       throw new DecoderError((err as Error).message);
     } finally {

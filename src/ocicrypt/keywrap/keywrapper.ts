@@ -17,14 +17,19 @@ export interface UnwrapContext {
   readonly layerDigest: string;
   /** Aborted when the overall deadline passes; schemes doing I/O must honour it. */
   readonly signal: AbortSignal;
-  /** Filled in by schemes that want the audit log to say more (e.g. kid, token from cache). */
-  readonly audit: UnwrapAudit;
 }
 
+/** What the audit log says about how a layer key was unwrapped. */
 export interface UnwrapAudit {
   scheme?: string;
   kid?: string;
   tokenFromCache?: boolean;
+}
+
+/** An entry addressed to us: the privopts JSON, and what the audit log may add (the caller adds the scheme). */
+export interface UnwrappedEntry {
+  readonly privopts: Buffer;
+  readonly facts?: Readonly<Omit<UnwrapAudit, 'scheme'>>;
 }
 
 export interface KeyWrapper {
@@ -37,10 +42,11 @@ export interface KeyWrapper {
   /** ocicrypt `len(GetPrivateKeys) > 0`: selects which of ocicrypt's two summary messages applies. */
   hasPrivateKeys(params: DecryptParameters): boolean;
   /**
-   * Unwraps one base64-decoded annotation entry. Returns the privopts JSON bytes, `null` when the entry is
-   * simply not addressed to any key we hold (ocicrypt's "nil, nil"), and throws a DecoderError otherwise.
+   * Unwraps one base64-decoded annotation entry. Returns the privopts JSON bytes (with the facts the audit log
+   * may record), `null` when the entry is simply not addressed to any key we hold (ocicrypt's "nil, nil"), and
+   * throws a DecoderError otherwise.
    */
-  unwrap(entry: Buffer, ctx: UnwrapContext): Promise<Buffer | null>;
+  unwrap(entry: Buffer, ctx: UnwrapContext): Promise<UnwrappedEntry | null>;
 }
 
 /** ocicrypt's `privkeys` parameter: the private keys the jwe and pkcs7 schemes try, keys directory first. */

@@ -9,7 +9,7 @@ import { constants, createDecipheriv, createPublicKey, privateDecrypt, type KeyO
 import { DecoderError } from '../../util/errors.js';
 import { BerError } from '../asn1/ber.js';
 import { parsePrivateKey, UnsupportedPrivateKeyError } from '../keys/private-key.js';
-import { privateKeysOf, type DecryptParameters, type KeyWrapper, type UnwrapContext } from './keywrapper.js';
+import { privateKeysOf, type DecryptParameters, type KeyWrapper, type UnwrapContext, type UnwrappedEntry } from './keywrapper.js';
 import {
   parseCertificate,
   parseEnvelopedData,
@@ -85,7 +85,7 @@ export const pkcs7KeyWrapper: KeyWrapper = {
     return privateKeysOf(params).length > 0;
   },
 
-  async unwrap(entry: Buffer, ctx: UnwrapContext): Promise<Buffer | null> {
+  async unwrap(entry: Buffer, ctx: UnwrapContext): Promise<UnwrappedEntry | null> {
     const keys = privateKeysOf(ctx.params);
     if (keys.length === 0) throw new DecoderError('no private keys found for PKCS7 decryption');
     const passwords = ctx.params['privkeys-passwords'] ?? [];
@@ -128,10 +128,7 @@ export const pkcs7KeyWrapper: KeyWrapper = {
         const cek = unwrapContentKey(key, recipient, content.cipher.keyLength);
         const plain = decryptContent(content, cek);
         cek.fill(0);
-        if (plain) {
-          ctx.audit.scheme = 'pkcs7';
-          return plain;
-        }
+        if (plain) return { privopts: plain };
       }
     }
     const hint = unsupportedTransport ? ` (key transport ${unsupportedTransport} is not supported)` : '';

@@ -5,7 +5,7 @@
  * and fail with a message that tells the operator what to do instead.
  */
 import { DecoderError } from '../../util/errors.js';
-import type { DecryptParameters, KeyWrapper } from './keywrapper.js';
+import type { DecryptParameters, KeyWrapper, UnwrappedEntry } from './keywrapper.js';
 
 function unsupported(scheme: string, keysParameter: string): KeyWrapper {
   const keys = (params: DecryptParameters): Array<Buffer | null> => params[keysParameter] ?? [];
@@ -14,7 +14,7 @@ function unsupported(scheme: string, keysParameter: string): KeyWrapper {
     supported: false,
     noPossibleKeys: (params) => keys(params).length === 0,
     hasPrivateKeys: (params) => keys(params).length > 0,
-    async unwrap(): Promise<Buffer | null> {
+    async unwrap(): Promise<UnwrappedEntry | null> {
       throw new DecoderError(
         `${scheme} key wrapping is not supported by coco-decoder; re-encrypt the image for jwe, pkcs7 or a key provider`,
       );

@@ -9,11 +9,10 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { fileURLToPath } from 'node:url';
+import { sharedDir } from '../../helpers/shared-dir.js';
 
 const execFileP = promisify(execFile);
 
-export const SHARED_CONTAINERD_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../../shared/containerd');
 
 export const SHARED_DEBS = {
   '1.7.24': 'containerd_1.7.24~ds1-6+deb13u1_amd64.deb',
@@ -30,8 +29,9 @@ const dirs: string[] = [];
 
 /** The extracted binaries, or undefined when ../shared/containerd/ does not hold the package (printed reason). */
 export function sharedContainerd(version: keyof typeof SHARED_DEBS): Promise<ExtractedContainerd | undefined> {
-  const deb = path.join(SHARED_CONTAINERD_DIR, SHARED_DEBS[version]);
-  if (!existsSync(deb)) return Promise.resolve(undefined);
+  const shared = sharedDir();
+  const deb = shared === undefined ? undefined : path.join(shared, 'containerd', SHARED_DEBS[version]);
+  if (deb === undefined || !existsSync(deb)) return Promise.resolve(undefined);
   let p = extracted.get(version);
   if (p === undefined) {
     p = (async () => {
