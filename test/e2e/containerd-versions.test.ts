@@ -13,6 +13,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, rm, writeFile, copyFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { parse as parseToml } from 'smol-toml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestKbs, type TestKbs } from '../kbs/server.js';
 import { aaRecipient, encryptImage } from '../helpers/encrypt-image.js';
@@ -266,6 +267,37 @@ describe.each(TARGETS)('$name', (target) => {
     expect(kbs!.counters.attest - before.attest).toBe(1);
     expect(kbs!.counters.resourceOk - before.resourceOk).toBe(3);
     expect(await sourcesOf(img.layers)).toEqual(img.layers.map(() => target.defaultPath));
+  });
+
+  it('the packaged drop-in, imported into a main config of this version, adds our processors and replaces nothing else', { timeout: TEST_TIMEOUT_MS }, async (ctx) => {
+    if (skip) return ctx.skip(skip);
+    const dir = await mkdtemp(path.join(work, 'dropin-'));
+    await copyFile(path.join(REPO_ROOT, 'packaging', 'common', 'containerd-dropin.toml'), path.join(dir, 'coco-decoder.toml'));
+    const v3 = Number(containerd!.version.split('.')[0]) >= 2;
+    const main = v3
+      ? ['version = 3', `imports = [${JSON.stringify(path.join(dir, '*.toml'))}]`, "[plugins.'io.containerd.cri.v1.images'.pinned_images]", "  sandbox = 'registry.invalid/pause:kept'", "[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]", '  SystemdCgroup = true']
+      : ['version = 2', `imports = [${JSON.stringify(path.join(dir, '*.toml'))}]`, '[plugins."io.containerd.grpc.v1.cri"]', '  sandbox_image = "registry.invalid/pause:kept"', '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]', '  SystemdCgroup = true'];
+    await writeFile(path.join(dir, 'config.toml'), main.join('\n') + '\n');
+    const dump = await new Promise<string>((resolve, reject) => {
+      const child = spawn(containerd!.binary, ['--config', path.join(dir, 'config.toml'), 'config', 'dump'], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      child.stdout.on('data', (c: Buffer) => (out += c.toString()));
+      child.on('error', reject);
+      child.on('close', (code) => (code === 0 ? resolve(out) : reject(new Error(`config dump exited ${code}`))));
+    });
+    const cfg = parseToml(dump) as { version: number; stream_processors: Record<string, { path: string; accepts: string[] }>; plugins: Record<string, any> };
+    expect(cfg.version).toBe(v3 ? 3 : 2);
+    expect(cfg.stream_processors['io.containerd.ocicrypt.decoder.v1.tar.gzip']?.path).toBe('/usr/bin/coco-decoder');
+    expect(cfg.stream_processors['io.containerd.ocicrypt.decoder.v1.tar.gzip']?.accepts).toContain(MEDIA_TYPE.tarZstdEncrypted);
+    expect(cfg.stream_processors['io.containerd.ocicrypt.decoder.v1.tar']?.path).toBe('/usr/bin/coco-decoder');
+    if (v3) {
+      expect(cfg.plugins['io.containerd.cri.v1.images'].pinned_images.sandbox).toBe('registry.invalid/pause:kept');
+      expect(cfg.plugins['io.containerd.cri.v1.runtime'].containerd.runtimes.runc.options.SystemdCgroup).toBe(true);
+      expect(cfg.plugins['io.containerd.cri.v1.images'].image_decryption.key_model).toBe('node');
+    } else {
+      expect(cfg.plugins['io.containerd.grpc.v1.cri'].sandbox_image).toBe('registry.invalid/pause:kept');
+      expect(cfg.plugins['io.containerd.grpc.v1.cri'].containerd.runtimes.runc.options.SystemdCgroup).toBe(true);
+    }
   });
 
   // The payload-less path's own cases, on the containerd whose default pull path it is.
