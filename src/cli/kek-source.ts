@@ -29,7 +29,7 @@ export function createKekSource(getConfig: () => Promise<Config>, opts: KekSourc
       );
     }
     if (source?.config !== config) {
-      // Loaded here, not at the top: a layer served by an external attestation-agent provider never needs undici.
+      // Loaded here, not at the top: a layer served by an external attestation-agent provider never needs the HTTP client.
       const { createKeySource } = await import('../kbs/key-source.js');
       source = { config, keySource: createKeySource({ config, env: opts.env ?? process.env, onWarning: opts.onWarning ?? (() => undefined) }) };
     }

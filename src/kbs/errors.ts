@@ -151,7 +151,7 @@ const TLS_CODES = new Set([
   'HOSTNAME_MISMATCH',
 ]);
 
-/** The error codes along an error's `cause` chain (undici wraps socket errors). */
+/** The error codes along an error's `cause` chain (transport errors may wrap socket errors). */
 export function errorCodes(err: unknown): string[] {
   const codes: string[] = [];
   for (let e: unknown = err, depth = 0; e instanceof Error && depth < 5; e = e.cause, depth++) {

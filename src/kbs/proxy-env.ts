@@ -2,8 +2,8 @@
  * Proxy selection from the environment, as curl and reqwest (the AA's HTTP client) do: `https_proxy`/`HTTPS_PROXY`
  * for https URLs, `http_proxy`/`HTTP_PROXY` for http, and `no_proxy`/`NO_PROXY` exclusions (`*`, host names and
  * domain suffixes with or without a leading dot, optional `:port`, IP addresses and CIDR ranges). Kata passes
- * `agent.https_proxy`/`agent.no_proxy` this way. Hand-written because undici's EnvHttpProxyAgent is experimental
- * and prints a warning on stderr, which containerd would fold into the pull error.
+ * `agent.https_proxy`/`agent.no_proxy` this way. Hand-written: Node's http/https agents read no proxy variables
+ * (and undici's EnvHttpProxyAgent is experimental and warns on stderr, which containerd folds into the pull error).
  */
 import { BlockList, isIP } from 'node:net';
 
