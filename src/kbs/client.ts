@@ -3,7 +3,6 @@
  * (trustee v0.12–v0.13, chosen when the KBS answers the version-mismatch 401 and `kbs.protocol = "auto"`).
  * Stateless: the caller (key-source) decides when to attest and keeps the resulting credentials.
  */
-import { flattenedDecrypt } from 'jose';
 import type { Attester } from '../attest/attester.js';
 import type { KbsProtocol, TeeKeyAlgorithm, TeeNames } from '../config/types.js';
 import type { Deadline } from './deadline.js';
@@ -24,6 +23,7 @@ import {
 } from './protocol.js';
 import type { Challenge, ProtocolVersion } from './protocol.js';
 import type { ResourceUri } from './resource-uri.js';
+import { decryptResourceJwe } from './resource-jwe.js';
 import { generateTeeKeyPair, jweAlgorithmFor } from './tee-key.js';
 import type { TeeKeyPair } from './tee-key.js';
 
@@ -163,15 +163,13 @@ export async function fetchResource(http: KbsHttp, uri: ResourceUri, creds: Reso
   const alg = jweAlgorithmFor(creds.keyPair.algorithm);
   const jwe = parseResourceJwe(parseJson(res, 'resource'), alg);
   try {
-    const { plaintext } = await flattenedDecrypt(jwe, creds.keyPair.privateKey, {
-      keyManagementAlgorithms: [alg],
-      contentEncryptionAlgorithms: ['A256GCM'],
-    });
-    return Buffer.from(plaintext.buffer, plaintext.byteOffset, plaintext.byteLength);
+    return decryptResourceJwe(jwe, alg, creds.keyPair.privateKey);
   } catch (err) {
+    // OpenSSL's own words ("unable to authenticate data", "wrap failure"), never key-derived bytes.
+    const why = err instanceof Error ? err.message.split('\n')[0]!.slice(0, 120) : 'JWE error';
     throw new KbsError(
       'decrypt-failed',
-      `cannot decrypt ${uri.uri} from the KBS ${http.baseUrl}: the response is not encrypted to the TEE key bound in the token (${err instanceof Error ? err.message : 'JWE error'})`,
+      `cannot decrypt ${uri.uri} from the KBS ${http.baseUrl}: the response is not encrypted to the TEE key bound in the token (${why})`,
       { cause: err },
     );
   }
