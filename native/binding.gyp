@@ -16,7 +16,7 @@
       "cflags": ["-fno-exceptions", "-fvisibility=hidden", "-Wall", "-Wextra"],
       "cflags_cc": ["-std=c++17", "-fno-exceptions", "-fno-rtti", "-fvisibility=hidden", "-Wall", "-Wextra"],
       # libstdc++ stays dynamic like node's own (node links it), so the addon needs no newer runtime than
-      # node does; the glibc/GLIBCXX symbol versions it needs are checked in test/unit/tee-native.test.ts.
+      # node does; the glibc/GLIBCXX symbol versions it needs are checked in test/unit/attest/tee-native.test.ts.
       "ldflags": ["-Wl,-z,noexecstack", "-Wl,-z,relro,-z,now"],
       "conditions": [
         ["OS!='linux'", { "sources!": ["src/tee.cc", "src/layer_cipher.cc"] }]

@@ -1,7 +1,7 @@
 // Linux guest-attestation UAPI, vendored (as Intel DCAP does) because distributions ship
 // <linux/tdx-guest.h> / <linux/sev-guest.h> in different packages and versions (Debian 12's
 // linux-libc-dev 6.1 has no tdx-guest.h at all). Layouts follow include/uapi/linux/tdx-guest.h and
-// include/uapi/linux/sev-guest.h; the static_asserts pin them, and test/unit/tee-layout.test.ts
+// include/uapi/linux/sev-guest.h; the static_asserts pin them, and test/unit/attest/tee-layout.test.ts
 // compares them with the kernel headers when those are installed.
 #ifndef COCO_DECODER_TEE_UAPI_H_
 #define COCO_DECODER_TEE_UAPI_H_

@@ -28,7 +28,7 @@ export const ADDON_ABI_VERSION = 3;
 
 /**
  * Linux UAPI layout the addon is compiled with (kernel `include/uapi/linux/{tdx,sev}-guest.h`). Kept here so
- * test/unit/tee-layout.test.ts can hold the binary, these constants and the kernel headers to the same values.
+ * test/unit/attest/tee-layout.test.ts can hold the binary, these constants and the kernel headers to the same values.
  */
 export const UAPI_LAYOUT = {
   TDX_CMD_GET_REPORT0: 0xc4405401,

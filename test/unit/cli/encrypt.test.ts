@@ -14,7 +14,7 @@ import { locateDecoder } from '../../helpers/decoder-binary.js';
 import { runDecoder } from '../../helpers/run-decoder.js';
 import { startTestKbs, type TestKbs } from '../../kbs/server.js';
 
-const PLAIN = path.join(import.meta.dirname, '..', '..', 'fixtures', 'ocicrypt', 'plain');
+const PLAIN = path.join(import.meta.dirname, '../../fixtures/ocicrypt/plain');
 const KID = 'kbs:///default/image-kek/encrypt-cli';
 const AA = 'org.opencontainers.image.enc.keys.provider.attestation-agent';
 const skopeo = ['/usr/bin/skopeo', '/usr/local/bin/skopeo'].find((p) => existsSync(p));

@@ -18,8 +18,8 @@ import type { PayloadDescriptor } from '../../helpers/payload.js';
 import { runDecoder } from '../../helpers/run-decoder.js';
 import { startTestKbs, type TestKbs } from '../../kbs/server.js';
 
-const V131 = path.join(import.meta.dirname, '..', '..', 'fixtures', 'ocicrypt-v1.3.1');
-const PLAIN = path.join(import.meta.dirname, '..', '..', 'fixtures', 'ocicrypt', 'plain');
+const V131 = path.join(import.meta.dirname, '../../fixtures/ocicrypt-v1.3.1');
+const PLAIN = path.join(import.meta.dirname, '../../fixtures/ocicrypt/plain');
 const KID = 'kbs:///default/image-kek/keyprovider';
 const AA = 'org.opencontainers.image.enc.keys.provider.attestation-agent';
 const skopeo = ['/usr/bin/skopeo', '/usr/local/bin/skopeo'].find((p) => existsSync(p));

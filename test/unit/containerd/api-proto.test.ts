@@ -17,7 +17,7 @@ import {
 } from '../../../src/containerd/messages.js';
 import { ProtoError } from '../../../src/util/protobuf.js';
 
-const PROTO_DIR = path.resolve(import.meta.dirname, '..', '..', '..', 'src', 'containerd', 'proto');
+const PROTO_DIR = path.resolve(import.meta.dirname, '../../../src/containerd/proto');
 
 /** package, `service.rpc` → method path, and `package.Message` → field → number, from the .proto files. */
 function readProtos(): { methods: Set<string>; fields: Record<string, Record<string, number>> } {
