@@ -13,9 +13,8 @@ import type { LayerCipherOptions } from './options.js';
 /** Plaintext withheld until the HMAC verifies (upstream holds 10 KiB). */
 export const HOLDBACK_BYTES = 64 * 1024;
 /**
- * Reused read buffer for pipe input. A pipe holds 64 KiB, and a larger buffer only costs: on this project's Linux
- * VM, 1 GiB from `cat` through a pipe takes ~0.45 s wall and ~0.25 s system time with 64 KiB reads, 0.8-1.1 s and
- * ~0.6 s with 256 KiB ones (or with 64 KiB reads walking through a 1 MiB buffer): the destination must stay in cache.
+ * Reused read buffer for pipe input. A pipe holds 64 KiB, and a larger buffer only costs: the destination must
+ * stay in cache (256 KiB reads measured twice the wall and system time; README, Performance).
  */
 const READ_BUFFER_BYTES = 64 * 1024;
 
