@@ -25,7 +25,7 @@ export function httpAzureImds(baseUrl = AZURE_IMDS_URL, timeoutMs = 10_000): Azu
       // No redirects: IMDS never sends one, and following it would take evidence material to another host.
       res = await fetch(url, { ...init, redirect: 'error', signal });
     } catch (err) {
-      throw new DecoderError(`Azure IMDS ${path} unreachable within ${timeoutMs} ms: ${describeError(err)}`);
+      throw new DecoderError(`Azure IMDS ${path} unreachable within ${timeoutMs} ms: ${describeError(err)}`, { cause: err });
     }
     if (res.status >= 300 && res.status < 400) throw new DecoderError(`Azure IMDS ${path} answered a redirect (HTTP ${res.status}); refused`);
     const text = await boundedText(res, path);
@@ -76,7 +76,7 @@ async function boundedText(res: Response, path: string): Promise<string> {
     try {
       r = await reader.read();
     } catch (err) {
-      throw new DecoderError(`Azure IMDS ${path}: reading the answer failed: ${describeError(err)}`);
+      throw new DecoderError(`Azure IMDS ${path}: reading the answer failed: ${describeError(err)}`, { cause: err });
     }
     if (r.done) break;
     total += r.value.length;

@@ -39,7 +39,7 @@ export async function readCcEventlog(ccelPath: string): Promise<string | null> {
 export function trimCcel(ccel: Buffer): Buffer {
   let i = 4;
   const u32 = (at: number, what: string) => {
-    if (ccel.length < at + 4) throw new Error(`not enough length (${what})`);
+    if (ccel.length < at + 4) throw new DecoderError(`not enough length (${what})`);
     return ccel.readUInt32LE(at);
   };
   const eventType = u32(i, 'first event type');
@@ -50,17 +50,17 @@ export function trimCcel(ccel: Buffer): Buffer {
     i += 4 + size;
   }
   for (;;) {
-    if (ccel.length < i + 8) throw new Error('no end marker');
+    if (ccel.length < i + 8) throw new DecoderError('no end marker');
     const word = ccel.subarray(i, i + 8);
     if (word.every((b) => b === 0xff) || word.every((b) => b === 0)) return Buffer.from(ccel.subarray(0, i));
     i += 8; // target MR, event type
     const count = u32(i, 'digest count');
     i += 4;
     for (let d = 0; d < count; d++) {
-      if (ccel.length < i + 2) throw new Error('no digest algorithm');
+      if (ccel.length < i + 2) throw new DecoderError('no digest algorithm');
       const alg = ccel.readUInt16LE(i);
       const len = DIGEST_LEN[alg];
-      if (len === undefined) throw new Error(`unsupported digest algorithm 0x${alg.toString(16)}`);
+      if (len === undefined) throw new DecoderError(`unsupported digest algorithm 0x${alg.toString(16)}`);
       i += 2 + len;
     }
     const size = u32(i, 'event data size');

@@ -11,6 +11,7 @@
  */
 import { constants as fsConstants, promises as fsp } from 'node:fs';
 import path from 'node:path';
+import type { TeeErrorCode } from '../util/error-codes.js';
 import { DecoderError } from '../util/errors.js';
 import { quoteUntrusted } from '../util/quote.js';
 import { acquireLock } from '../util/file-lock.js';
@@ -45,7 +46,7 @@ export const nodeTsmFs: TsmFs = {
       let off = 0;
       while (off < data.length) {
         const { bytesWritten } = await fh.write(data, off, data.length - off, null);
-        if (bytesWritten <= 0) throw new Error(`short write to ${file}`);
+        if (bytesWritten <= 0) throw new DecoderError(`short write to ${file}`);
         off += bytesWritten;
       }
     } finally {
@@ -60,28 +61,18 @@ export const nodeTsmFs: TsmFs = {
     ),
 };
 
-export type TsmErrorKind =
-  | 'TSM_UNAVAILABLE'
-  | 'TSM_NO_PROVIDER'
-  | 'TSM_WRONG_PROVIDER'
-  | 'TSM_PRIVLEVEL'
-  | 'TSM_BAD_INBLOB'
-  | 'TSM_GENERATION_RACE'
-  | 'TSM_IO'
-  | 'TEE_PERMISSION'
-  | 'TEE_BUSY'
-  | 'TDX_QUOTE_FAILED'
-  | 'TDX_QUOTE_EMPTY'
-  | 'SNP_FIRMWARE_ERROR';
+/** The codes a configfs-tsm failure can have (util/error-codes.ts; TEE_* shared with the ioctl path). */
+export type TsmErrorKind = Extract<TeeErrorCode, `TSM_${string}` | 'TEE_PERMISSION' | 'TEE_BUSY' | 'TDX_QUOTE_FAILED' | 'TDX_QUOTE_EMPTY' | 'SNP_FIRMWARE_ERROR'>;
 
 export class TsmError extends DecoderError {
+  declare readonly code: TsmErrorKind;
   constructor(
     message: string,
-    readonly kind: TsmErrorKind,
+    code: TsmErrorKind,
     readonly errnoCode?: string,
     cause?: unknown,
   ) {
-    super(message, { cause });
+    super(message, { cause, code });
   }
 }
 
@@ -138,9 +129,9 @@ export async function tsmGetReport(req: TsmRequest): Promise<TsmReport> {
       try {
         return await oneReport(fs, req);
       } catch (err) {
-        const retriable = err instanceof TsmError && (err.kind === 'TSM_GENERATION_RACE' || err.kind === 'TEE_BUSY');
+        const retriable = err instanceof TsmError && (err.code === 'TSM_GENERATION_RACE' || err.code === 'TEE_BUSY');
         if (!retriable || attempt >= MAX_ATTEMPTS || Date.now() + BUSY_BACKOFF_MS > deadline) throw err;
-        if (err.kind === 'TEE_BUSY') await sleep(BUSY_BACKOFF_MS);
+        if (err.code === 'TEE_BUSY') await sleep(BUSY_BACKOFF_MS);
       }
     }
   });

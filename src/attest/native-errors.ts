@@ -3,30 +3,25 @@
  * this turns them into a {@link TeeDeviceError} with a kind an operator can act on, keeping the raw codes.
  */
 import { constants as osConstants } from 'node:os';
+import type { TeeErrorCode } from '../util/error-codes.js';
 import { DecoderError } from '../util/errors.js';
 
 /** `SNP_GUEST_VMM_ERR_INVALID_LEN` / `_BUSY` (in `vmm_error`, the upper half of `exitinfo2`). */
 const SNP_VMM_ERR_INVALID_LEN = 1;
 const SNP_VMM_ERR_BUSY = 2;
 
-export type TeeDeviceErrorKind =
-  | 'TEE_DEVICE_MISSING'
-  | 'TEE_PERMISSION'
-  | 'TEE_BAD_IOCTL'
-  | 'TEE_BUSY'
-  | 'TEE_IO'
-  | 'TDX_REPORT_FAILED'
-  | 'SNP_BAD_REQUEST'
-  | 'SNP_CERTS_TOO_SMALL'
-  | 'SNP_FIRMWARE_ERROR'
-  | 'SNP_VMPCK_DISABLED'
-  | 'SNP_REPORT_STATUS';
+/** The codes a failed guest-device request can have (util/error-codes.ts). */
+export type TeeDeviceErrorKind = Extract<
+  TeeErrorCode,
+  `TEE_${string}` | 'TDX_REPORT_FAILED' | 'SNP_BAD_REQUEST' | 'SNP_CERTS_TOO_SMALL' | 'SNP_FIRMWARE_ERROR' | 'SNP_VMPCK_DISABLED' | 'SNP_REPORT_STATUS'
+>;
 
 /** A failed ioctl request, classified (errno meanings from the Linux sev-guest and tdx-guest drivers) with the raw codes kept for operators. */
 export class TeeDeviceError extends DecoderError {
+  declare readonly code: TeeDeviceErrorKind;
   constructor(
     message: string,
-    readonly kind: TeeDeviceErrorKind,
+    code: TeeDeviceErrorKind,
     readonly details: {
       op: string;
       path: string;
@@ -41,7 +36,7 @@ export class TeeDeviceError extends DecoderError {
     },
     cause?: unknown,
   ) {
-    super(message, { cause });
+    super(message, { cause, code });
   }
 }
 

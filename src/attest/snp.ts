@@ -81,7 +81,7 @@ async function acquire(
     return { report: r.outblob, certs: parseSnpCertTable(r.auxblob ?? Buffer.alloc(0)) };
   } catch (err) {
     // Only "configfs-tsm cannot serve SNP here" falls back to the device; every other failure is real.
-    if (!(err instanceof TsmError && (err.kind === 'TSM_UNAVAILABLE' || err.kind === 'TSM_NO_PROVIDER'))) throw err;
+    if (!(err instanceof TsmError && (err.code === 'TSM_UNAVAILABLE' || err.code === 'TSM_NO_PROVIDER'))) throw err;
     if (!(await exists(config.sevGuestDevice))) {
       throw new DecoderError(
         `cannot get an SEV-SNP report: ${err.message}, and ${config.sevGuestDevice} does not exist (not an SEV-SNP guest, sev-guest driver not loaded, or the device is not passed into this container)`,

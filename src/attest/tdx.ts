@@ -47,7 +47,7 @@ export function createTdxAttester(config: AttestationConfig, options: TdxAtteste
           fs: options.tsmFs,
         }));
       } catch (err) {
-        if (err instanceof TsmError && err.kind === 'TSM_UNAVAILABLE') {
+        if (err instanceof TsmError && err.code === 'TSM_UNAVAILABLE') {
           const hasDevice = await exists(config.tdxGuestDevice);
           throw new DecoderError(
             `cannot get a TDX quote: ${err.message}` +

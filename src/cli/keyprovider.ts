@@ -202,7 +202,7 @@ async function serveGrpc(
     { WrapKey: implementation, UnWrapKey: implementation },
   );
   const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(new DecoderError(`cannot listen on ${address}: ${err.message}`)) : resolve(p))),
+    server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(new DecoderError(`cannot listen on ${address}: ${err.message}`, { cause: err })) : resolve(p))),
   );
   process.stderr.write(`coco-decoder keyprovider: serving ${SERVICE} on ${address.startsWith('unix:') ? address : address.replace(/:\d+$/, `:${port}`)}\n`);
   await new Promise<void>((resolve) => {

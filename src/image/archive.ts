@@ -41,7 +41,7 @@ export async function unpackOciArchive(file: string, dir: string): Promise<void>
         await pipeline(stream, createWriteStream(dest, { flags: 'wx', mode: 0o600 }));
         next();
       } catch (err) {
-        extract.destroy(new DecoderError(`oci-archive ${file}: cannot unpack ${quoteUntrusted(name, 100)}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`));
+        extract.destroy(new DecoderError(`oci-archive ${file}: cannot unpack ${quoteUntrusted(name, 100)}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err }));
       }
     })();
   });
@@ -49,7 +49,7 @@ export async function unpackOciArchive(file: string, dir: string): Promise<void>
     await pipeline(createReadStream(file), extract);
   } catch (err) {
     if (err instanceof DecoderError) throw err;
-    throw new DecoderError(`oci-archive ${file}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : `not a readable tar archive (${(err as Error).message.slice(0, 80)})`}`);
+    throw new DecoderError(`oci-archive ${file}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : `not a readable tar archive (${(err as Error).message.slice(0, 80)})`}`, { cause: err });
   }
 }
 
@@ -79,6 +79,6 @@ export async function packOciArchive(dir: string, file: string): Promise<void> {
     pack.destroy();
     await written.catch(() => undefined);
     await rm(tmp, { force: true });
-    throw err instanceof DecoderError ? err : new DecoderError(`cannot write ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    throw err instanceof DecoderError ? err : new DecoderError(`cannot write ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
   }
 }

@@ -88,7 +88,7 @@ async function copyBlob(srcDir: string, dstDir: string, desc: Descriptor): Promi
   } catch (err) {
     await rm(tmp, { force: true });
     if (err instanceof DecoderError) throw err;
-    throw new DecoderError(`cannot copy blob ${desc.digest}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    throw new DecoderError(`cannot copy blob ${desc.digest}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
   }
 }
 

@@ -95,7 +95,7 @@ export async function authenticate(o: AuthOptions): Promise<AuthResult> {
     if (res.status !== 200) {
       const err = responseError(res, { endpoint: 'auth', kbsUrl, version: dialect, tee: o.tee });
       const wanted = err.expectedVersion;
-      if (err.kind === 'version-mismatch' && o.protocol === 'auto' && !switched && wanted !== undefined && wanted !== dialect && isSupportedProtocol(wanted)) {
+      if (err.code === 'KBS_VERSION_MISMATCH' && o.protocol === 'auto' && !switched && wanted !== undefined && wanted !== dialect && isSupportedProtocol(wanted)) {
         dialect = wanted;
         switched = true;
         continue;
@@ -167,8 +167,7 @@ export async function fetchResource(http: KbsHttp, uri: ResourceUri, creds: Reso
   } catch (err) {
     // OpenSSL's own words ("unable to authenticate data", "wrap failure"), never key-derived bytes.
     const why = err instanceof Error ? err.message.split('\n')[0]!.slice(0, 120) : 'JWE error';
-    throw new KbsError(
-      'decrypt-failed',
+    throw new KbsError('KBS_DECRYPT_FAILED',
       `cannot decrypt ${uri.uri} from the KBS ${http.baseUrl}: the response is not encrypted to the TEE key bound in the token (${why})`,
       { cause: err },
     );
@@ -190,7 +189,7 @@ function parseJson(res: KbsResponse, endpoint: KbsEndpoint): unknown {
   try {
     return JSON.parse(res.body.toString('utf8'));
   } catch {
-    throw new KbsError('malformed', `malformed KBS response from /${endpoint}: the body is not JSON`);
+    throw new KbsError('KBS_MALFORMED', `malformed KBS response from /${endpoint}: the body is not JSON`);
   }
 }
 
@@ -218,5 +217,5 @@ function sessionCookie(res: KbsResponse, nowMs: number): SessionCookie {
     }
     return { value, expiresAtMs };
   }
-  throw new KbsError('malformed', 'malformed KBS response from /auth: no valid kbs-session-id cookie');
+  throw new KbsError('KBS_MALFORMED', 'malformed KBS response from /auth: no valid kbs-session-id cookie');
 }

@@ -20,7 +20,7 @@ export function createDeadline(totalMs: number, kbsUrl: string, outer?: AbortSig
     error(what: string): DecoderError {
       if (outer?.aborted) {
         const reason = outer.reason instanceof Error ? outer.reason.message : 'cancelled';
-        return new KbsError('aborted', `${what} at the KBS ${kbsUrl} was abandoned: ${reason}`, { cause: outer.reason });
+        return new KbsError('KBS_ABORTED', `${what} at the KBS ${kbsUrl} was abandoned: ${reason}`, { cause: outer.reason });
       }
       return timeoutError({ kbsUrl, what, timeoutMs: totalMs, setting: 'kbs.total_timeout_ms', certPath: undefined, attempts: 1 });
     },

@@ -4,33 +4,20 @@
  * ErrorInformation, the endpoint and what we sent decide the message. Server-provided text is shortened and
  * flattened; nothing secret (token, keys, cookie) is ever put into a message.
  */
+import type { KbsErrorCode } from '../util/error-codes.js';
 import { DecoderError, oneLine } from '../util/errors.js';
 import { isSupportedProtocol } from './protocol.js';
 import type { ErrorInformation } from './protocol.js';
 
-export type KbsErrorKind =
-  | 'version-mismatch'
-  | 'attestation-failed'
-  | 'policy-denied'
-  | 'resource-missing'
-  | 'token-rejected'
-  | 'decrypt-failed'
-  | 'malformed'
-  | 'unauthorized'
-  | 'http-status'
-  | 'unreachable'
-  | 'tls'
-  | 'timeout'
-  | 'aborted';
+export type { KbsErrorCode } from '../util/error-codes.js';
 
 export class KbsError extends DecoderError {
-  readonly kind: KbsErrorKind;
+  declare readonly code: KbsErrorCode;
   readonly status: number | undefined;
-  /** For version-mismatch: the version the KBS wants (`=0.4.0` → `0.4.0`). */
+  /** For KBS_VERSION_MISMATCH: the version the KBS wants (`=0.4.0` → `0.4.0`). */
   readonly expectedVersion: string | undefined;
-  constructor(kind: KbsErrorKind, message: string, opts?: { status?: number; expectedVersion?: string; cause?: unknown }) {
-    super(message, opts?.cause === undefined ? undefined : { cause: opts.cause });
-    this.kind = kind;
+  constructor(code: KbsErrorCode, message: string, opts?: { status?: number; expectedVersion?: string; cause?: unknown }) {
+    super(message, opts?.cause === undefined ? { code } : { cause: opts.cause, code });
     this.status = opts?.status;
     this.expectedVersion = opts?.expectedVersion;
   }
@@ -66,35 +53,32 @@ export function errorFromResponse(status: number, info: ErrorInformation | undef
       const hint = isSupportedProtocol(mismatch.expected)
         ? `set kbs.protocol = "auto" or "${mismatch.expected}"`
         : 'coco-decoder speaks 0.4.0 (trustee ≥ v0.14) and 0.2.0 (trustee v0.12–v0.13): upgrade the KBS';
-      return new KbsError(
-        'version-mismatch',
+      return new KbsError('KBS_VERSION_MISMATCH',
         `KBS protocol version mismatch: ${at} expects ${mismatch.expected}, coco-decoder sent ${mismatch.sent}; ${hint}`,
         { status, expectedVersion: mismatch.expected },
       );
     }
     if (status === 401 && info && /deserialize Request/i.test(info.detail) && ctx.tee?.startsWith('az-')) {
-      return new KbsError(
-        'http-status',
+      return new KbsError('KBS_HTTP_STATUS',
         `${at} does not know TEE "${ctx.tee}" (${why}); trustee ≤ v0.15 spells it "${ctx.tee.replaceAll('-', '')}" — upgrade the KBS`,
         { status },
       );
     }
     if (status === 404) {
-      return new KbsError('http-status', `${at} has no /kbs/v0/auth endpoint (${why}); check that kbs.url points at a trustee KBS`, { status });
+      return new KbsError('KBS_HTTP_STATUS', `${at} has no /kbs/v0/auth endpoint (${why}); check that kbs.url points at a trustee KBS`, { status });
     }
-    return new KbsError('http-status', `${at} refused the attestation request for TEE "${ctx.tee ?? '?'}" (${why})`, { status });
+    return new KbsError('KBS_HTTP_STATUS', `${at} refused the attestation request for TEE "${ctx.tee ?? '?'}" (${why})`, { status });
   }
 
   if (ctx.endpoint === 'attest') {
     if (status === 401) {
-      return new KbsError(
-        'attestation-failed',
+      return new KbsError('KBS_ATTESTATION_FAILED',
         `attestation failed: ${at} rejected the ${ctx.tee ?? ''} evidence (${why}); trustee gives the reason only in its ` +
           `own log — check its attestation policy and reference values for this TEE`,
         { status },
       );
     }
-    return new KbsError('http-status', `attestation failed: ${at} answered /kbs/v0/attest with ${why}`, { status });
+    return new KbsError('KBS_HTTP_STATUS', `attestation failed: ${at} answered /kbs/v0/attest with ${why}`, { status });
   }
 
   const kid = ctx.kid ?? 'the resource';
@@ -102,14 +86,12 @@ export function errorFromResponse(status: number, info: ErrorInformation | undef
     switch (info.kind) {
       case 'PolicyDeny':
       case 'PolicyReject':
-        return new KbsError(
-          'policy-denied',
+        return new KbsError('KBS_POLICY_DENIED',
           `access to ${kid} denied by the resource policy of ${at} (${why}); allow this resource for this TEE in the KBS resource policy`,
           { status },
         );
       case 'PluginInternalError':
-        return new KbsError(
-          'resource-missing',
+        return new KbsError('KBS_RESOURCE_MISSING',
           `${at} could not provide ${kid} (${why}): trustee reports a resource that does not exist as this 401 ` +
             `(trustee#1419) — check that the key was registered at this KBS under exactly this path`,
           { status },
@@ -121,17 +103,17 @@ export function errorFromResponse(status: number, info: ErrorInformation | undef
       case 'MissingCookie':
       case 'UnAuthenticatedCookie':
       case 'TokenParseFailed':
-        return new KbsError('token-rejected', `${at} did not accept the attestation token for ${kid} (${why})`, { status });
+        return new KbsError('KBS_TOKEN_REJECTED', `${at} did not accept the attestation token for ${kid} (${why})`, { status });
       case 'JweError':
       case 'JWEFailed':
-        return new KbsError('token-rejected', `${at} could not encrypt ${kid} to the TEE key bound in the token (${why})`, { status });
+        return new KbsError('KBS_TOKEN_REJECTED', `${at} could not encrypt ${kid} to the TEE key bound in the token (${why})`, { status });
     }
   }
-  if (status === 401) return new KbsError('unauthorized', `${at} refused ${kid} (${why})`, { status });
+  if (status === 401) return new KbsError('KBS_UNAUTHORIZED', `${at} refused ${kid} (${why})`, { status });
   if (status === 404) {
-    return new KbsError('resource-missing', `${kid} does not exist at ${at} (${why})`, { status });
+    return new KbsError('KBS_RESOURCE_MISSING', `${kid} does not exist at ${at} (${why})`, { status });
   }
-  return new KbsError('http-status', `${at} answered the request for ${kid} with ${why}`, { status });
+  return new KbsError('KBS_HTTP_STATUS', `${at} answered the request for ${kid} with ${why}`, { status });
 }
 
 const TLS_CODES = new Set([
@@ -155,7 +137,8 @@ const TLS_CODES = new Set([
 export function errorCodes(err: unknown): string[] {
   const codes: string[] = [];
   for (let e: unknown = err, depth = 0; e instanceof Error && depth < 5; e = e.cause, depth++) {
-    const code = (e as NodeJS.ErrnoException).code;
+    // Our own errors' codes are classifications, not transport codes.
+    const code = e instanceof DecoderError ? undefined : (e as NodeJS.ErrnoException).code;
     if (typeof code === 'string') codes.push(code);
   }
   return codes;
@@ -184,7 +167,7 @@ export function tlsError(err: unknown, ctx: TransportContext): KbsError {
         : ctx.certPath
           ? `the KBS certificate is not signed by a CA in kbs.cert (${ctx.certPath}) or the system store`
           : 'set kbs.cert to the PEM file of the CA that signed the KBS certificate';
-  return new KbsError('tls', `TLS connection to the KBS ${ctx.kbsUrl} failed (${code}: ${detail}); ${hint}`, { cause: err });
+  return new KbsError('KBS_TLS', `TLS connection to the KBS ${ctx.kbsUrl} failed (${code}: ${detail}); ${hint}`, { cause: err });
 }
 
 export function unreachableError(err: unknown, ctx: TransportContext): KbsError {
@@ -192,14 +175,13 @@ export function unreachableError(err: unknown, ctx: TransportContext): KbsError 
   const detail = err instanceof Error ? shorten(err.message) : String(err);
   const code = codes[0] && !detail.includes(codes[0]) ? ` (${codes[0]})` : '';
   const tries = ctx.attempts > 1 ? ` after ${ctx.attempts} attempts` : '';
-  return new KbsError('unreachable', `cannot reach the KBS at ${ctx.kbsUrl} (${ctx.what})${tries}: ${detail}${code}; check kbs.url, the network and HTTPS_PROXY/NO_PROXY`, {
+  return new KbsError('KBS_UNREACHABLE', `cannot reach the KBS at ${ctx.kbsUrl} (${ctx.what})${tries}: ${detail}${code}; check kbs.url, the network and HTTPS_PROXY/NO_PROXY`, {
     cause: err,
   });
 }
 
 export function timeoutError(ctx: TransportContext & { timeoutMs: number; setting: string }): KbsError {
-  return new KbsError(
-    'timeout',
+  return new KbsError('KBS_TIMEOUT',
     `the KBS at ${ctx.kbsUrl} did not answer ${ctx.what} within ${ctx.timeoutMs} ms (${ctx.setting})`,
   );
 }

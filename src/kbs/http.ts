@@ -190,7 +190,7 @@ function isRetryable(err: unknown): boolean {
 
 async function readLimited(body: IncomingMessage, maxBytes: number, what: string): Promise<Buffer> {
   const declared = Number(body.headers['content-length']);
-  const tooLarge = (): KbsError => new KbsError('http-status', `the KBS answer to ${what} is larger than ${maxBytes} bytes; refusing it`);
+  const tooLarge = (): KbsError => new KbsError('KBS_HTTP_STATUS', `the KBS answer to ${what} is larger than ${maxBytes} bytes; refusing it`);
   if (Number.isFinite(declared) && declared > maxBytes) {
     body.on('error', () => undefined);
     body.destroy();

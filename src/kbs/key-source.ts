@@ -121,7 +121,7 @@ export function createKeySource(opts: KeySourceOptions): KeySource {
       for (let round = 1; ; round++) {
         let { creds } = await fromCache(tc, rejected);
         if (!creds) {
-          if (attested) throw new KbsError('token-rejected', `the KBS ${kbsUrl} keeps refusing fresh attestation tokens`);
+          if (attested) throw new KbsError('KBS_TOKEN_REJECTED', `the KBS ${kbsUrl} keeps refusing fresh attestation tokens`);
           // The wait is bounded by cache.lock_timeout_ms and the layer's own signal, never by the KBS budget: a slow
           // peer's attestation must not leave us too little time for our own.
           const lockSignal = signal ?? new AbortController().signal;
@@ -205,7 +205,7 @@ export function createKeySource(opts: KeySourceOptions): KeySource {
  * denial: the policy would judge a new token's claims the same way, so re-attesting only amplifies the load.
  */
 function isTokenProblem(err: unknown): boolean {
-  return err instanceof KbsError && ['token-rejected', 'unauthorized', 'decrypt-failed'].includes(err.kind);
+  return err instanceof KbsError && (['KBS_TOKEN_REJECTED', 'KBS_UNAUTHORIZED', 'KBS_DECRYPT_FAILED'] as const).some((c) => c === err.code);
 }
 
 function cookieIfValid(cookie: SessionCookie | undefined): string | undefined {

@@ -8,6 +8,7 @@ import { createPrivateKey, createPublicKey, generateKeyPair } from 'node:crypto'
 import type { KeyObject } from 'node:crypto';
 import { promisify } from 'node:util';
 import type { TeeKeyAlgorithm } from '../config/types.js';
+import { DecoderError } from '../util/errors.js';
 
 export interface EcTeeJwk {
   kty: 'EC';
@@ -63,7 +64,7 @@ function fromPrivateKey(algorithm: TeeKeyAlgorithm, privateKey: KeyObject): TeeK
   const jwk = createPublicKey(privateKey).export({ format: 'jwk' });
   if (algorithm === 'ec-p256') {
     if (privateKey.asymmetricKeyType !== 'ec' || jwk.crv !== 'P-256' || !jwk.x || !jwk.y) {
-      throw new Error('TEE key is not an EC P-256 key');
+      throw new DecoderError('TEE key is not an EC P-256 key');
     }
     const publicJwk: EcTeeJwk = {
       kty: 'EC',
@@ -75,7 +76,7 @@ function fromPrivateKey(algorithm: TeeKeyAlgorithm, privateKey: KeyObject): TeeK
     return { algorithm, privateKey, publicJwk };
   }
   if (privateKey.asymmetricKeyType !== 'rsa' || privateKey.asymmetricKeyDetails?.modulusLength !== RSA_BITS || !jwk.n || !jwk.e) {
-    throw new Error(`TEE key is not an RSA-${RSA_BITS} key`);
+    throw new DecoderError(`TEE key is not an RSA-${RSA_BITS} key`);
   }
   const publicJwk: RsaTeeJwk = { kty: 'RSA', alg: 'RSA-OAEP-256', n: jwk.n, e: jwk.e };
   return { algorithm, privateKey, publicJwk };
@@ -84,6 +85,6 @@ function fromPrivateKey(algorithm: TeeKeyAlgorithm, privateKey: KeyObject): TeeK
 /** trustee requires P-256 coordinates to decode to exactly 32 bytes; re-pad defensively (leading zeros). */
 function fixedWidth(b64url: string, bytes: number): string {
   const raw = Buffer.from(b64url, 'base64url');
-  if (raw.length > bytes) throw new Error('EC coordinate too long');
+  if (raw.length > bytes) throw new DecoderError('EC coordinate too long');
   return Buffer.concat([Buffer.alloc(bytes - raw.length), raw]).toString('base64url');
 }

@@ -34,11 +34,11 @@ async function unwrapScheme(wrapper: KeyWrapper, b64: string, ctx: UnwrapContext
   const entryErrors: string[] = [];
   const items = b64.split(',');
   if (items.length > MAX_ENTRIES_PER_SCHEME) {
-    throw new Error(`the ${quoteUntrusted(wrapper.scheme, 64)} annotation lists ${items.length} wrapped keys; at most ${MAX_ENTRIES_PER_SCHEME} are tried`);
+    throw new DecoderError(`the ${quoteUntrusted(wrapper.scheme, 64)} annotation lists ${items.length} wrapped keys; at most ${MAX_ENTRIES_PER_SCHEME} are tried`);
   }
   for (const item of items) {
     const entry = decodeStdBase64(item);
-    if (entry === null) throw new Error('could not base64 decode the annotation');
+    if (entry === null) throw new DecoderError('could not base64 decode the annotation');
     ctx.signal.throwIfAborted();
     try {
       const unwrapped = await wrapper.unwrap(entry, ctx);
@@ -51,8 +51,8 @@ async function unwrapScheme(wrapper: KeyWrapper, b64: string, ctx: UnwrapContext
   if (entryErrors.length === 0) return null;
   // A key provider's own cause (KBS unreachable, policy denial, ...) is the clearest message; local schemes keep
   // ocicrypt's wording, which runbooks grep for.
-  if (wrapper.scheme.startsWith('provider.')) throw new Error(`${wrapper.scheme}: ${entryErrors.join('; ')}`);
-  throw new Error(`no suitable key found for decrypting layer key: ${entryErrors.join('; ')}`);
+  if (wrapper.scheme.startsWith('provider.')) throw new DecoderError(`${wrapper.scheme}: ${entryErrors.join('; ')}`);
+  throw new DecoderError(`no suitable key found for decrypting layer key: ${entryErrors.join('; ')}`);
 }
 
 export interface UnwrappedLayerKey {

@@ -116,7 +116,7 @@ export function decodePayload(raw: Buffer): DecoderPayload {
   try {
     any = decodeAny(raw);
   } catch (err) {
-    throw new DecoderError(`proto: ${(err as Error).message}`, { stage: 'could not proto.Unmarshal() decrypt data' });
+    throw new DecoderError(`proto: ${(err as Error).message}`, { stage: 'could not proto.Unmarshal() decrypt data' , cause: err });
   }
   if (any.typeUrl !== PAYLOAD_TYPE_URL) {
     const hint = raw.length === 0 ? 'fd 3 was empty' : `expected ${PAYLOAD_TYPE_URL}`;
@@ -128,7 +128,7 @@ export function decodePayload(raw: Buffer): DecoderPayload {
     return parsePayloadJson(any.value);
   } catch (err) {
     if (err instanceof GoJsonError) {
-      throw new DecoderError(err.message, { stage: 'could not UnmarshalAny() the decrypt data' });
+      throw new DecoderError(err.message, { stage: 'could not UnmarshalAny() the decrypt data' , cause: err });
     }
     throw err;
   }

@@ -19,6 +19,7 @@ import { open } from 'node:fs/promises';
 import { describeError, oneLine } from './errors.js';
 import { formatFields, redact } from './log.js';
 import { withoutControlChars } from './quote.js';
+import { DecoderError } from './errors.js';
 
 /** Where audit lines go (the `[log]` table's file, syslog and format keys). */
 export interface AuditConfig {
@@ -127,7 +128,7 @@ async function appendLine(file: string, line: string): Promise<void> {
   const fh = await open(file, constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW, 0o640);
   try {
     const { bytesWritten } = await fh.write(bytes, 0, bytes.length);
-    if (bytesWritten !== bytes.length) throw new Error(`short write (${bytesWritten} of ${bytes.length} bytes)`);
+    if (bytesWritten !== bytes.length) throw new DecoderError(`short write (${bytesWritten} of ${bytes.length} bytes)`);
   } finally {
     await fh.close();
   }

@@ -2,15 +2,19 @@
  * Errors that reach the user. containerd copies the stream processor's stderr verbatim into the pull error
  * (`kubectl describe pod`), so every failure must end up as exactly one readable line.
  */
+import type { ErrorCode } from './error-codes.js';
 
 /** An error whose message is meant for the operator, already phrased as the cause. */
 export class DecoderError extends Error {
   override readonly name = 'DecoderError';
   /** Optional upstream-compatible prefix (e.g. `call to DecryptLayer failed`), kept so runbooks that grep for it still work. */
   readonly stage: string | undefined;
-  constructor(message: string, options?: { stage?: string; cause?: unknown }) {
+  /** The classified cause (util/error-codes.ts), when there is one: stable, unlike the message. */
+  readonly code: ErrorCode | undefined;
+  constructor(message: string, options?: { stage?: string; cause?: unknown; code?: ErrorCode }) {
     super(message, options?.cause === undefined ? undefined : { cause: options.cause });
     this.stage = options?.stage;
+    this.code = options?.code;
   }
 }
 

@@ -77,15 +77,15 @@ function describeToken(config: Config, attester: Attester, a: Attestation, times
 
 function attestFix(err: unknown, attester: Attester): string {
   if (!(err instanceof KbsError)) return 'check the TEE rung and the KBS log';
-  switch (err.kind) {
-    case 'attestation-failed':
+  switch (err.code) {
+    case 'KBS_ATTESTATION_FAILED':
       return `the KBS's attestation service rejected the ${attester.tee} evidence: check its attestation policy and reference values; the reason is only in the KBS log`;
-    case 'version-mismatch':
+    case 'KBS_VERSION_MISMATCH':
       return 'set kbs.protocol = "auto"';
-    case 'malformed':
+    case 'KBS_MALFORMED':
       return 'kbs.url must point at a trustee KBS (the answer is not RCAR)';
-    case 'timeout':
-    case 'aborted':
+    case 'KBS_TIMEOUT':
+    case 'KBS_ABORTED':
       return 'the KBS or its attestation service is too slow: check its load and raise kbs.total_timeout_ms if needed';
     default:
       return 'read the KBS log for this attestation';

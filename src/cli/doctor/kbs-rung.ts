@@ -44,7 +44,7 @@ export async function checkKbs(config: Config, tee: TeeType, env: NodeJS.Process
   try {
     auth = await authenticate({ http, tee, protocol: pinned, teeNames: config.kbs.teeNames, deadline: createDeadline(config.kbs.totalTimeoutMs, url) });
   } catch (err) {
-    if (err instanceof KbsError && err.kind === 'version-mismatch' && err.expectedVersion !== undefined) {
+    if (err instanceof KbsError && err.code === 'KBS_VERSION_MISMATCH' && err.expectedVersion !== undefined) {
       const wanted = err.expectedVersion;
       if (!isSupportedProtocol(wanted)) {
         return {
@@ -88,8 +88,8 @@ function transportFailure(err: unknown, config: Config): RungResult {
   if (!(err instanceof KbsError)) return fail('kbs', describeError(err), 'check kbs.url and the network');
   const codes = errorCodes(err);
   const code = codes[0];
-  switch (err.kind) {
-    case 'unreachable': {
+  switch (err.code) {
+    case 'KBS_UNREACHABLE': {
       const fix =
         code === 'ECONNREFUSED'
           ? `nothing listens at ${url}: start the KBS or correct the host/port in kbs.url`
@@ -98,7 +98,7 @@ function transportFailure(err: unknown, config: Config): RungResult {
             : 'check kbs.url, routes and firewalls from this VM to the KBS, and HTTPS_PROXY/NO_PROXY';
       return fail('kbs', `cannot connect to ${url}: ${code ?? describeError(err)}`, fix);
     }
-    case 'tls': {
+    case 'KBS_TLS': {
       const tlsCode = codes.find((c) => !c.startsWith('UND_ERR_')) ?? 'TLS error';
       const fix =
         tlsCode === 'ERR_TLS_CERT_ALTNAME_INVALID' || tlsCode === 'HOSTNAME_MISMATCH'
@@ -110,7 +110,7 @@ function transportFailure(err: unknown, config: Config): RungResult {
               : 'set kbs.cert to the PEM file of the CA that issued the KBS certificate';
       return fail('kbs', `TLS to ${url} failed: ${tlsCode}`, fix);
     }
-    case 'timeout':
+    case 'KBS_TIMEOUT':
       return fail('kbs', describeError(err), 'check the KBS is not overloaded and the network path; raise kbs.timeout_ms if it is just slow');
     default:
       return fail('kbs', describeError(err), 'check kbs.url and the KBS log');

@@ -63,15 +63,15 @@ function textShape(data: Buffer): string | undefined {
 
 function resourceFix(err: unknown, uri: ResourceUri): string {
   if (!(err instanceof KbsError)) return 'read the KBS log for this request';
-  switch (err.kind) {
-    case 'resource-missing':
+  switch (err.code) {
+    case 'KBS_RESOURCE_MISSING':
       return `register the key at the KBS under ${uri.path} (e.g. kbs-client … set-resource --path ${uri.path})`;
-    case 'policy-denied':
+    case 'KBS_POLICY_DENIED':
       return `allow ${uri.path} for this TEE in the KBS resource policy`;
-    case 'token-rejected':
-    case 'unauthorized':
+    case 'KBS_TOKEN_REJECTED':
+    case 'KBS_UNAUTHORIZED':
       return 'the KBS refused the token it just issued: check its token verifier configuration and clock';
-    case 'decrypt-failed':
+    case 'KBS_DECRYPT_FAILED':
       return 'the KBS did not encrypt the resource to the TEE key in the token: check the KBS version';
     default:
       return 'read the KBS log for this request';

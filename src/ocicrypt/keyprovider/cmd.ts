@@ -77,7 +77,7 @@ export function runProviderCommand(cmd: ProviderCommand, input: Buffer, opts: Ru
     } catch (err) {
       // Synchronous spawn failures (e.g. an argument with a NUL byte).
       settled = true;
-      reject(new DecoderError(`Error while running command: ${cmd.path}. stderr: : ${(err as Error).message}`));
+      reject(new DecoderError(`Error while running command: ${cmd.path}. stderr: : ${(err as Error).message}`, { cause: err }));
       return;
     }
 

@@ -9,6 +9,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { goField } from '../../util/gojson.js';
+import { DecoderError } from '../../util/errors.js';
 
 export const KEYPROVIDER_CONFIG_ENV = 'OCICRYPT_KEYPROVIDER_CONFIG';
 
@@ -61,7 +62,7 @@ export function parseKeyProviderConfig(text: string): KeyProviderEntry[] {
     doc = JSON.parse(text);
   } catch {
     // Node's JSON.parse message quotes the input; keep file contents out of logs.
-    throw new Error('not valid JSON');
+    throw new DecoderError('not valid JSON');
   }
   if (doc === null) return [];
   const root = expectObject(doc, '');
@@ -111,9 +112,9 @@ function parseCommand(value: unknown, at: string): { path: string; args: string[
   const rawArgs = goField(cmd, 'args');
   let args: string[] = [];
   if (rawArgs !== undefined && rawArgs !== null) {
-    if (!Array.isArray(rawArgs)) throw new Error(`${at}.args must be an array of strings`);
+    if (!Array.isArray(rawArgs)) throw new DecoderError(`${at}.args must be an array of strings`);
     args = rawArgs.map((a, i) => {
-      if (typeof a !== 'string') throw new Error(`${at}.args[${i}] must be a string`);
+      if (typeof a !== 'string') throw new DecoderError(`${at}.args[${i}] must be a string`);
       return a;
     });
   }
@@ -124,7 +125,7 @@ function parseTls(value: unknown, at: string): GrpcTlsSettings {
   const t = expectObject(value, at);
   const skip = goField(t, 'insecure-skip-verify');
   if (skip !== undefined && skip !== null && typeof skip !== 'boolean') {
-    throw new Error(`${at}.insecure-skip-verify must be a boolean`);
+    throw new DecoderError(`${at}.insecure-skip-verify must be a boolean`);
   }
   const nonEmpty = (name: string): string | undefined => {
     const s = optionalString(goField(t, name), `${at}.${name}`);
@@ -142,7 +143,7 @@ function parseTls(value: unknown, at: string): GrpcTlsSettings {
 
 function expectObject(value: unknown, at: string): Record<string, unknown> {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
-    throw new Error(`${at === '' ? 'the document' : at} must be a JSON object`);
+    throw new DecoderError(`${at === '' ? 'the document' : at} must be a JSON object`);
   }
   return value as Record<string, unknown>;
 }
@@ -150,6 +151,6 @@ function expectObject(value: unknown, at: string): Record<string, unknown> {
 /** Go's `json:"x"` null for a string leaves it empty; anything else non-string is a type error. */
 function optionalString(value: unknown, at: string): string | undefined {
   if (value === undefined || value === null) return undefined;
-  if (typeof value !== 'string') throw new Error(`${at} must be a string`);
+  if (typeof value !== 'string') throw new DecoderError(`${at} must be a string`);
   return value;
 }

@@ -56,7 +56,7 @@ export async function callUnwrapKey(target: GrpcProviderTarget, input: Buffer, o
   try {
     client = new grpc.Client(target.address, credentials, channelOptions);
   } catch (err) {
-    throw new DecoderError(`error while dialing rpc server: ${(err as Error).message}`);
+    throw new DecoderError(`error while dialing rpc server: ${(err as Error).message}`, { cause: err });
   }
   const tracker = trackReady(grpc, client.getChannel());
   try {

@@ -7,6 +7,7 @@
  */
 import type { DecryptParameters } from '../keywrap/keywrapper.js';
 import { goField } from '../../util/gojson.js';
+import { DecoderError } from '../../util/errors.js';
 
 /**
  * DecryptConfig parameters that carry local key material. Upstream forwards the whole merged DecryptConfig to
@@ -115,7 +116,7 @@ export function goString(s: string): string {
  */
 export function parseUnwrapOutput(output: Buffer, prefix: string): Buffer | null {
   const fail = (reason: string): never => {
-    throw new Error(`${prefix}: ${reason}`);
+    throw new DecoderError(`${prefix}: ${reason}`);
   };
   let doc: unknown;
   try {

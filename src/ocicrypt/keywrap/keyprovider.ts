@@ -73,7 +73,7 @@ class KeyProviderWrapper implements KeyWrapper {
       const privopts = parseUnwrapOutput(output, prefix);
       return privopts === null ? null : { privopts };
     } catch (err) {
-      throw new DecoderError((err as Error).message);
+      throw new DecoderError((err as Error).message, { cause: err });
     } finally {
       output.fill(0);
     }

@@ -99,7 +99,7 @@ export const pkcs7KeyWrapper: KeyWrapper = {
     try {
       envelope = parseEnvelopedData(entry);
     } catch (err) {
-      if (err instanceof BerError) throw new DecoderError(`could not parse PKCS7 packet: ${err.message}`);
+      if (err instanceof BerError) throw new DecoderError(`could not parse PKCS7 packet: ${err.message}`, { cause: err });
       throw err;
     }
     const { content } = envelope;

@@ -24,7 +24,7 @@ function inblob(fill: number): Buffer {
 }
 
 function expectTsmError(kind: string) {
-  return expect.objectContaining({ name: 'DecoderError', kind });
+  return expect.objectContaining({ name: 'DecoderError', code: kind });
 }
 
 describe('configfs-tsm against a kernel-faithful fake', () => {

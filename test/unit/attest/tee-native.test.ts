@@ -52,21 +52,21 @@ describe('addon against real files', () => {
 
   it('maps a missing device node (ENOENT at open) to TEE_DEVICE_MISSING', async () => {
     const e = await rejection(tdxGetReport0(addon, path.join(dir, 'no-tdx_guest'), rd(1)));
-    expect(e.kind).toBe('TEE_DEVICE_MISSING');
+    expect(e.code).toBe('TEE_DEVICE_MISSING');
     expect(e.details).toMatchObject({ code: 'ENOENT', syscall: 'open', op: 'TDX_CMD_GET_REPORT0' });
     expect(e.message).toMatch(/no-tdx_guest: device not found \(ENOENT\)/);
     const s = await rejection(snpGetExtReport(addon, path.join(dir, 'no-sev-guest'), rd(1), 0));
-    expect(s.kind).toBe('TEE_DEVICE_MISSING');
+    expect(s.code).toBe('TEE_DEVICE_MISSING');
   });
 
   it('maps ENOTTY from a file that is not the device (TDX: bad ioctl; SNP: VMPCK disabled or not sev-guest)', async () => {
     const file = path.join(dir, 'regular-file');
     writeFileSync(file, 'not a device');
     const t = await rejection(tdxGetReport0(addon, file, rd(2)));
-    expect(t.kind).toBe('TEE_BAD_IOCTL');
+    expect(t.code).toBe('TEE_BAD_IOCTL');
     expect(t.details).toMatchObject({ code: 'ENOTTY', syscall: 'ioctl' });
     const s = await rejection(snpGetReport(addon, file, rd(2), 0));
-    expect(s.kind).toBe('SNP_VMPCK_DISABLED');
+    expect(s.code).toBe('SNP_VMPCK_DISABLED');
     expect(s.details.fwError).toBeUndefined(); // exitinfo2 is only meaningful with EIO
     const x = await rejection(snpGetExtReport(addon, file, rd(2), 0));
     expect(x.details.op).toBe('SNP_GET_EXT_REPORT');
@@ -97,7 +97,7 @@ describe('addon against real files', () => {
       const raw = Object.assign(new Error(''), JSON.parse(out) as object);
       const e = classifyDeviceError(raw) as TeeDeviceError;
       expect(e).toBeInstanceOf(TeeDeviceError);
-      expect(e.kind).toBe('TEE_PERMISSION');
+      expect(e.code).toBe('TEE_PERMISSION');
       expect(e.details).toMatchObject({ code: 'EACCES', syscall: 'open' });
       // The same device made accessible to everyone no longer fails with EACCES: the denial above was the permission check.
       chmodSync(dev, 0o666);
@@ -145,7 +145,7 @@ try {
     console.log(JSON.stringify({ ok: true, reportData: r.reportData.toString('hex'), rtmr0: r.rtmr[0].toString('hex') }));
   }
 } catch (e) {
-  console.log(JSON.stringify({ ok: false, message: e.message, kind: e.kind, details: e.details }));
+  console.log(JSON.stringify({ ok: false, message: e.message, code: e.code, details: e.details }));
 }
 `,
     );
@@ -187,7 +187,7 @@ try {
 
   it('TDX: EIO from the TDCALL becomes TDX_REPORT_FAILED', () => {
     const { result } = run('tdx', '', { FAKE_TDX: device('tdx_guest-eio'), FAKE_ERRNO: '5' });
-    expect(result).toMatchObject({ ok: false, kind: 'TDX_REPORT_FAILED' });
+    expect(result).toMatchObject({ ok: false, code: 'TDX_REPORT_FAILED' });
     expect(result.message).toMatch(/EIO: the TDCALL TDG.MR.REPORT failed/);
   });
 
@@ -230,15 +230,15 @@ try {
   it('SNP: a non-zero MSG_REPORT_RSP status and firmware errors are typed errors with the codes', () => {
     const base = { FAKE_SNP_REPORT: path.join(FIX, 'trustee-snp-test-vlek-report.bin') };
     const status = run('snp', '01', { ...base, FAKE_SEV: device('sev-st'), FAKE_SNP_STATUS: '22' }).result;
-    expect(status).toMatchObject({ ok: false, kind: 'SNP_REPORT_STATUS', details: { status: 22 } });
+    expect(status).toMatchObject({ ok: false, code: 'SNP_REPORT_STATUS', details: { status: 22 } });
     expect(status.message).toMatch(/status 0x16 \(INVALID_PARAM\)/);
     const fw = run('snp', '01', { ...base, FAKE_SEV: device('sev-fw'), FAKE_ERRNO: '5', FAKE_EXITINFO2: '0x27' }).result;
-    expect(fw).toMatchObject({ ok: false, kind: 'SNP_FIRMWARE_ERROR', details: { fwError: 0x27, vmmError: 0, exitinfo2: '0x0000000000000027' } });
+    expect(fw).toMatchObject({ ok: false, code: 'SNP_FIRMWARE_ERROR', details: { fwError: 0x27, vmmError: 0, exitinfo2: '0x0000000000000027' } });
     expect(fw.message).toMatch(/firmware error 0x27 \(INVALID_KEY\)/);
     const busy = run('snp', '01', { ...base, FAKE_SEV: device('sev-busy'), FAKE_ERRNO: '5', FAKE_EXITINFO2: String(2n << 32n) }).result;
-    expect(busy).toMatchObject({ ok: false, kind: 'TEE_BUSY' });
+    expect(busy).toMatchObject({ ok: false, code: 'TEE_BUSY' });
     const vmpck = run('snp', '01', { ...base, FAKE_SEV: device('sev-nott'), FAKE_ERRNO: '25' }).result;
-    expect(vmpck).toMatchObject({ ok: false, kind: 'SNP_VMPCK_DISABLED' });
+    expect(vmpck).toMatchObject({ ok: false, code: 'SNP_VMPCK_DISABLED' });
     expect(vmpck.message).toMatch(/reboot the guest/);
   });
 });

@@ -204,7 +204,7 @@ describe('error mapping', () => {
     const detail = 'Attestation error: RCAR handshake Auth failed: KBS Client Protocol Version Mismatch: expect =0.4.0 while the request is 0.2.0';
     expect(parseVersionMismatch(detail)).toEqual({ expected: '0.4.0', sent: '0.2.0' });
     const err = errorFromResponse(401, info('AttestationError', detail), '', { endpoint: 'auth', kbsUrl: url, version: '0.2.0', tee: 'sample' });
-    expect(err.kind).toBe('version-mismatch');
+    expect(err.code).toBe('KBS_VERSION_MISMATCH');
     expect(err.expectedVersion).toBe('0.4.0');
     expect(err.message).toMatch(/expects 0\.4\.0, coco-decoder sent 0\.2\.0; set kbs\.protocol = "auto" or "0\.4\.0"/);
     const old = errorFromResponse(401, info('AttestationError', detail.replace('=0.4.0', '=0.1.1')), '', { endpoint: 'auth', kbsUrl: url, version: '0.4.0' });
@@ -223,10 +223,10 @@ describe('error mapping', () => {
 
   it('policy denial names the kid; a missing resource explains trustee\'s 401 collapse', () => {
     const deny = errorFromResponse(401, info('PolicyDeny', 'Access denied by policy'), '', { endpoint: 'resource', kbsUrl: url, kid: 'kbs:///a/b/c' });
-    expect(deny.kind).toBe('policy-denied');
+    expect(deny.code).toBe('KBS_POLICY_DENIED');
     expect(deny.message).toMatch(/access to kbs:\/\/\/a\/b\/c denied by the resource policy/);
     const missing = errorFromResponse(401, info('PluginInternalError', 'Plugin internal error'), '', { endpoint: 'resource', kbsUrl: url, kid: 'kbs:///a/b/c' });
-    expect(missing.kind).toBe('resource-missing');
+    expect(missing.code).toBe('KBS_RESOURCE_MISSING');
     expect(missing.message).toMatch(/does not exist.*trustee#1419/);
   });
 
@@ -236,7 +236,7 @@ describe('error mapping', () => {
       kbsUrl: url,
       tee: 'tdx',
     });
-    expect(err.kind).toBe('attestation-failed');
+    expect(err.code).toBe('KBS_ATTESTATION_FAILED');
     expect(err.message).toMatch(/rejected the tdx evidence/);
     const multi = errorFromResponse(500, undefined, 'line1\nline2', { endpoint: 'resource', kbsUrl: url, kid: 'k' });
     expect(multi.message).not.toMatch(/\n/);
