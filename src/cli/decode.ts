@@ -144,6 +144,15 @@ class ConfigSource {
   }
 }
 
+/** ctd-decoder's prefix for everything its DecryptLayer call reports (media type, options, keys), added here once. */
+const DECRYPT_LAYER_STAGE = 'call to DecryptLayer failed';
+
+function asDecryptLayerError(err: unknown): DecoderError {
+  if (err instanceof DecoderError && err.stage !== undefined) return err;
+  const message = err instanceof DecoderError ? err.message : describeError(err);
+  return new DecoderError(message, { stage: DECRYPT_LAYER_STAGE, cause: err, ...(err instanceof DecoderError && err.code ? { code: err.code } : {}) });
+}
+
 /** One descriptor to try: containerd's (payload) or one of the content store's annotation sets for the layer. */
 interface LayerCandidate {
   descriptor: LayerDescriptor;
@@ -227,7 +236,11 @@ async function decodeLayer(args: DecodeArgs, logger: Logger, configs: ConfigSour
   const first = found.candidates[0]!.descriptor;
   facts.digest = first.digest;
   facts.mediaType = first.mediaType;
-  checkLayerMediaType(first.mediaType);
+  try {
+    checkLayerMediaType(first.mediaType);
+  } catch (err) {
+    throw asDecryptLayerError(err);
+  }
 
   let params = found.params;
   if (args.keysPath !== undefined) {
@@ -236,9 +249,7 @@ async function decodeLayer(args: DecodeArgs, logger: Logger, configs: ConfigSour
     try {
       dirParams = await loadKeysDirectory(args.keysPath, (m) => logger.warn(m));
     } catch (err) {
-      const cause = describeError(err);
-      const stage = 'unable to get decryption keys in provided key path';
-      throw cause.startsWith(stage) ? err : new DecoderError(cause, { stage, cause: err });
+      throw new DecoderError(describeError(err), { stage: 'unable to get decryption keys in provided key path', cause: err });
     }
     params = mergeParameters(dirParams, params);
   }
@@ -259,7 +270,12 @@ async function decodeLayer(args: DecodeArgs, logger: Logger, configs: ConfigSour
     let lastError: unknown;
     for (const { descriptor, cipherDigest } of found.candidates) {
       try {
-        const publicOptions = layerPublicOptions(descriptor.annotations);
+        let publicOptions: ReturnType<typeof layerPublicOptions>;
+        try {
+          publicOptions = layerPublicOptions(descriptor.annotations);
+        } catch (err) {
+          throw asDecryptLayerError(err);
+        }
         const schemes = layerKeySchemes(descriptor.annotations);
         const getKek = schemes.includes('provider.attestation-agent')
           ? await import('./kek-source.js').then(({ createKekSource, describeKbsStats }) =>
@@ -283,7 +299,7 @@ async function decodeLayer(args: DecodeArgs, logger: Logger, configs: ConfigSour
           checkPlainDigest: early?.integrity.checkPlainDigest === true,
           cipherDigest,
           native,
-        });
+        }).catch((err: unknown) => Promise.reject(asDecryptLayerError(err)));
         break;
       } catch (err) {
         lastError = err;
@@ -292,7 +308,9 @@ async function decodeLayer(args: DecodeArgs, logger: Logger, configs: ConfigSour
     }
     if (decipher === undefined) {
       if (found.candidates.length === 1) throw lastError;
-      throw new DecoderError(`${describeError(lastError)} (none of the ${found.candidates.length} manifests listing this layer gave a usable key)`, {
+      const last = lastError instanceof DecoderError ? lastError : new DecoderError(describeError(lastError), { cause: lastError });
+      throw new DecoderError(`${last.message} (none of the ${found.candidates.length} manifests listing this layer gave a usable key)`, {
+        stage: last.stage,
         cause: lastError,
       });
     }

@@ -72,9 +72,7 @@ export async function decryptLayer(req: DecryptLayerRequest): Promise<LayerDecip
 function plainSha256(digest: string): Buffer {
   const m = /^sha256:([0-9a-f]{64})$/.exec(digest);
   if (!m) {
-    throw new DecoderError('the private layer options carry no sha256 plaintext digest, which [integrity] check_plain_digest requires', {
-      stage: 'call to DecryptLayer failed',
-    });
+    throw new DecoderError('the private layer options carry no sha256 plaintext digest, which [integrity] check_plain_digest requires');
   }
   return Buffer.from(m[1]!, 'hex');
 }

@@ -12,7 +12,6 @@ export const LAYER_CIPHER = 'AES_256_CTR_HMAC_SHA256';
 const KEY_BYTES = 32;
 const NONCE_BYTES = 16;
 const HMAC_BYTES = 32;
-const STAGE = 'call to DecryptLayer failed';
 
 export interface PublicLayerOptions {
   cipher: string;
@@ -34,7 +33,7 @@ export interface LayerCipherOptions {
 }
 
 function fail(message: string): DecoderError {
-  return new DecoderError(message, { stage: STAGE });
+  return new DecoderError(message);
 }
 
 function cipherOptionsOf(obj: Record<string, unknown>, goType: string): Map<string, Buffer | null> | null {

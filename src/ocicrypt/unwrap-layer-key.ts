@@ -8,7 +8,6 @@ import { DecoderError, describeError, oneLine } from '../util/errors.js';
 import { quoteUntrusted } from '../util/quote.js';
 import { ANNOTATION_PREFIX, annotationFor, type KeyWrapper, type UnwrapAudit, type UnwrapContext, type UnwrappedEntry } from './keywrap/keywrapper.js';
 
-const STAGE = 'call to DecryptLayer failed';
 const MISSING_KEY = 'missing private key needed for decryption';
 const NO_UNWRAPPER = 'no suitable key unwrapper found or none of the private keys could be used for decryption';
 /**
@@ -73,7 +72,7 @@ export async function unwrapLayerKey(
 ): Promise<UnwrappedLayerKey> {
   const present = new Set(layerKeySchemes(annotations));
   if (present.size === 0) {
-    throw new DecoderError(`${MISSING_KEY}: the layer has no ${ANNOTATION_PREFIX}* annotation`, { stage: STAGE });
+    throw new DecoderError(`${MISSING_KEY}: the layer has no ${ANNOTATION_PREFIX}* annotation`);
   }
   let privKeyGiven = false;
   let usableSchemePresent = false;
@@ -103,7 +102,7 @@ export async function unwrapLayerKey(
       if (unwrapped !== null) return { privopts: unwrapped.privopts, audit: { scheme: wrapper.scheme, ...unwrapped.facts } };
     } catch (err) {
       if (ctx.signal.aborted) {
-        throw new DecoderError(`timed out unwrapping the layer key (scheme ${wrapper.scheme})`, { stage: STAGE, cause: err });
+        throw new DecoderError(`timed out unwrapping the layer key (scheme ${wrapper.scheme})`, { cause: err });
       }
       attemptedAndFailed = true;
       causes.push(oneLine(err instanceof Error ? err.message : String(err)));
@@ -114,7 +113,6 @@ export async function unwrapLayerKey(
     throw new DecoderError(
       `the layer key is wrapped only with ${unsupported.join(', ')}, which coco-decoder does not support; ` +
         're-encrypt the image for jwe, pkcs7 or a key provider (e.g. provider:attestation-agent)',
-      { stage: STAGE },
     );
   }
   if (withoutKeys.length > 0) {
@@ -134,8 +132,8 @@ export async function unwrapLayerKey(
   // ocicrypt says "missing private key" whenever no local key was given, even when a key provider (a KBS) was
   // asked and failed; that misleads the reader of a pull error, so then the provider's own cause leads.
   if (!privKeyGiven && attemptedAndFailed) {
-    throw new DecoderError(causes.join('; '), { stage: STAGE });
+    throw new DecoderError(causes.join('; '));
   }
   const summary = privKeyGiven ? NO_UNWRAPPER : MISSING_KEY;
-  throw new DecoderError(causes.length > 0 ? `${summary}: ${causes.join('; ')}` : summary, { stage: STAGE });
+  throw new DecoderError(causes.length > 0 ? `${summary}: ${causes.join('; ')}` : summary);
 }

@@ -23,6 +23,5 @@ export function checkLayerMediaType(mediaType: string): EncryptedLayerMediaType 
   const shown = mediaType === '' ? '(empty)' : quoteUntrusted(mediaType, 120);
   throw new DecoderError(
     `unsupported layer media type ${shown}; accepted: ${ACCEPTED_LAYER_MEDIA_TYPES.join(', ')}`,
-    { stage: 'call to DecryptLayer failed' },
   );
 }
