@@ -225,6 +225,8 @@ function wrapForSnapshot(bundleFile, outFile) {
 /** SEA asset names of the trained mode (the loader below reads them). */
 const BUNDLE_ASSET = 'coco-decoder.js';
 const CACHE_ASSET = 'coco-decoder.jscache';
+/** The cache trained on the payload-less path (content-store lookup, gRPC): chosen when fd 3 holds no payload. */
+const LOOKUP_CACHE_ASSET = 'coco-decoder-lookup.jscache';
 /** The bundle as a CommonJS wrapper function, as Node's own loader would compile it. */
 const WRAP_HEAD = '(function (exports, require, module, __filename, __dirname) {';
 const WRAP_TAIL = '\n})';
@@ -242,6 +244,9 @@ function wrapForLoader(bundleFile, outFile) {
 /**
  * The SEA main of the trained mode: compiles the embedded bundle with the trained code cache and runs it with the
  * SEA's own require (built-in modules only, as for any SEA main). A rejected cache only means a slower start.
+ * Two caches, because a cache costs start-up in proportion to its size: one trained with containerd's fd-3
+ * payload, one on the payload-less path, which also compiles @grpc/grpc-js (twice the size). fd 3 decides, the
+ * way streamprocessor/fd3.ts does: libuv's own descriptor there (anon_inode) or nothing means no payload.
  */
 function writeLoader(file) {
   fs.writeFileSync(
@@ -250,9 +255,13 @@ function writeLoader(file) {
 // coco-decoder start-up: the bundle and its build-time trained V8 code cache are SEA assets (see build/build.mjs).
 const { getAsset } = require('node:sea');
 const { Script } = require('node:vm');
+let payload = false;
+try {
+  payload = !require('node:fs').readlinkSync('/proc/self/fd/3').startsWith('anon_inode:');
+} catch {}
 const script = new Script(Buffer.from(getAsset(${JSON.stringify(BUNDLE_ASSET)})).toString('latin1'), {
   filename: 'coco-decoder.js',
-  cachedData: Buffer.from(getAsset(${JSON.stringify(CACHE_ASSET)})),
+  cachedData: Buffer.from(getAsset(payload ? ${JSON.stringify(CACHE_ASSET)} : ${JSON.stringify(LOOKUP_CACHE_ASSET)})),
 });
 script.runInThisContext()(exports, require, module, __filename, __dirname);
 `,
@@ -263,13 +272,13 @@ script.runInThisContext()(exports, require, module, __filename, __dirname);
  * The training run: the pinned node runs the wrapped bundle exactly as the loader will (same source, same file
  * name) on a real layer through the stream-processor contract (ciphertext on a stdin pipe, the fixture keys
  * directory), and writes V8's code cache at exit, when every function of that path has been compiled. The fd-3
- * payload is containerd 1.6.20's for that layer with the key annotations left out, so the run takes both paths in
- * one: the payload is read and decoded, then the descriptor is looked up over gRPC in a stand-in for containerd's
- * content store (training-containerd.mjs), then the layer is decrypted. Loading and compiling @grpc/grpc-js is most
- * of what the lookup costs per layer, so it belongs in the cache. The cache is then checked to be accepted by a
- * fresh pinned node.
+ * payload is containerd 1.6.20's for that layer; with `lookup`, the same payload with the key annotations left out,
+ * so that run takes both paths: the payload is read and decoded, then the descriptor is looked up over gRPC in a
+ * stand-in for containerd's content store (training-containerd.mjs), then the layer is decrypted (loading and
+ * compiling @grpc/grpc-js is most of what the lookup costs per layer). The cache is then checked to be accepted by
+ * a fresh pinned node.
  */
-async function trainCodeCache(wrappedFile, cacheFile) {
+async function trainCodeCache(wrappedFile, cacheFile, { lookup }) {
   const fixtures = path.join(ROOT, 'test', 'fixtures', 'ocicrypt');
   const payloadFile = path.join(fixtures, 'containerd-1.6.20-payload-enc-jwe-rsa.bin');
   const keysDir = path.join(fixtures, 'keys');
@@ -293,7 +302,7 @@ async function trainCodeCache(wrappedFile, cacheFile) {
   const socket = path.join(WORK, 'training-containerd.sock');
   fs.rmSync(socket, { force: true });
   const { startTrainingContainerd } = await import('./training-containerd.mjs');
-  const stopContainerd = await startTrainingContainerd(socket, { blobs, manifest: manifestDigest, layer: `sha256:${m[2]}` });
+  const stopContainerd = lookup ? await startTrainingContainerd(socket, { blobs, manifest: manifestDigest, layer: `sha256:${m[2]}` }) : async () => {};
   const trainer = path.join(WORK, 'train.cjs');
   fs.writeFileSync(
     trainer,
@@ -308,7 +317,7 @@ script.runInThisContext()(exports, require, module, __filename, __dirname);
 `,
   );
   fs.rmSync(cacheFile, { force: true });
-  const env = { PATH: process.env.PATH ?? '/usr/bin:/bin', STREAM_PROCESSOR_MEDIATYPE: m[1], CONTAINERD_ADDRESS: socket };
+  const env = { PATH: process.env.PATH ?? '/usr/bin:/bin', STREAM_PROCESSOR_MEDIATYPE: m[1], ...(lookup ? { CONTAINERD_ADDRESS: socket } : {}) };
   const result = await new Promise((resolve, reject) => {
     // With the shipped config, as installed packages run: its TOML parsing and validation are trained too.
     const args = [trainer, wrappedFile, cacheFile, '--decryption-keys-path', keysDir, '--config', SHIPPED_CONFIG];
@@ -323,7 +332,7 @@ script.runInThisContext()(exports, require, module, __filename, __dirname);
     child.on('error', reject);
     child.stdio[3].on('error', () => {}); // a decoder that fails early closes fd 3: its exit status tells
     child.stdin.on('error', () => {});
-    child.stdio[3].end(bare);
+    child.stdio[3].end(lookup ? bare : payload);
     child.stdin.end(layer);
     child.on('close', (code, signal) => {
       clearTimeout(timer);
@@ -426,11 +435,13 @@ async function main() {
   } else if (opts.startup === 'trained') {
     const wrapped = path.join(WORK, BUNDLE_ASSET);
     cacheFile = path.join(WORK, CACHE_ASSET);
+    const lookupCacheFile = path.join(WORK, LOOKUP_CACHE_ASSET);
     wrapForLoader(bundleFile, wrapped);
-    await trainCodeCache(wrapped, cacheFile);
+    await trainCodeCache(wrapped, cacheFile, { lookup: false });
+    await trainCodeCache(wrapped, lookupCacheFile, { lookup: true });
     seaMain = path.join(WORK, 'loader.cjs');
     writeLoader(seaMain);
-    Object.assign(assets, { [BUNDLE_ASSET]: wrapped, [CACHE_ASSET]: cacheFile });
+    Object.assign(assets, { [BUNDLE_ASSET]: wrapped, [CACHE_ASSET]: cacheFile, [LOOKUP_CACHE_ASSET]: lookupCacheFile });
   }
   const blob = path.join(WORK, 'sea-prep.blob');
   const seaConfig = path.join(WORK, 'sea-config.json');
@@ -444,7 +455,10 @@ async function main() {
 
   const seconds = ((Date.now() - started) / 1000).toFixed(1);
   const addonPart = addon ? `, tee.node ${kb(fs.statSync(distAddon).size)} (embedded + dist/tee.node)` : ', no addon';
-  const cachePart = cacheFile ? `, trained code cache ${kb(fs.statSync(cacheFile).size)}` : '';
+  const lookupCache = path.join(WORK, LOOKUP_CACHE_ASSET);
+  const cachePart = cacheFile
+    ? `, trained code caches ${kb(fs.statSync(cacheFile).size)} (payload) + ${kb(fs.statSync(lookupCache).size)} (lookup)`
+    : '';
   process.stdout.write(
     `built dist/coco-decoder ${version} (node ${nodeVersion}, ${opts.startup}): ${mb(fs.statSync(exe).size)}, ` +
       `bundle ${kb(fs.statSync(bundleFile).size)}${cachePart}, SEA blob ${kb(fs.statSync(blob).size)}${addonPart}, ${seconds}s\n`,
