@@ -20,6 +20,8 @@ import type { Logger } from '../util/log.js';
 import { VERSION } from '../version.js';
 import { parseDecodeArgs, type DecodeArgs } from './decode-args.js';
 
+type DecodePath = typeof import('./decode-path.js');
+
 /** argv[0] of the hidden stdout-holding mode (see hold-stdout.ts; that module is loaded only on failure). Not a user flag. */
 const HOLD_STDOUT_ARG = '__coco-decoder-hold-stdout';
 
@@ -78,11 +80,8 @@ const isPipe = (fd: number): boolean => {
 };
 
 /** stdin (ciphertext) to stdout: containerd's pipes read with a reused buffer, anything else as a stream. */
-async function decryptStdio(decipher: LayerDecipher, prefix: Buffer | undefined): Promise<number> {
-  const [{ decryptLayerFd, decryptLayerStream }, { openStdout }] = await Promise.all([
-    import('../ocicrypt/layer-decipher.js'),
-    import('../streamprocessor/stdout.js'),
-  ]);
+async function decryptStdio(p: DecodePath, decipher: LayerDecipher, prefix: Buffer | undefined): Promise<number> {
+  const { decryptLayerFd, decryptLayerStream, openStdout } = p;
   const stdout = openStdout(STDOUT_BUFFER_BYTES);
   try {
     return isPipe(0)
@@ -162,15 +161,13 @@ interface LayerCandidate {
 
 /** Where the layer's descriptor comes from: containerd's fd-3 payload, or (without one) containerd's content store. */
 async function layerCandidates(
+  p: DecodePath,
   logger: Logger,
   early: Config | undefined,
   facts: LayerFacts,
   signal: AbortSignal,
 ): Promise<{ params: PayloadParameters; candidates: LayerCandidate[]; head: StdinHead | undefined }> {
-  const [{ probePayloadFd, readPayloadFd, MISSING_PAYLOAD_HELP }, { decodePayload }] = await Promise.all([
-    import('../streamprocessor/fd3.js'),
-    import('../streamprocessor/payload.js'),
-  ]);
+  const { probePayloadFd, readPayloadFd, MISSING_PAYLOAD_HELP, decodePayload } = p;
   const probe = probePayloadFd();
   let payload: DecoderPayload | undefined;
   if (probe.present) {
@@ -221,18 +218,15 @@ const hasKeyAnnotations = (annotations: Record<string, string>): boolean =>
   Object.keys(annotations).some((k) => k.startsWith(KEYS_ANNOTATION_PREFIX) && annotations[k] !== '');
 
 async function decodeLayer(args: DecodeArgs, logger: Logger, configs: ConfigSource, facts: LayerFacts): Promise<void> {
-  // The one lazy-import boundary of the decoding path (see the module comment).
-  const [{ checkLayerMediaType }, { decryptLayer, layerKeySchemes, layerPublicOptions }, { buildKeyWrappers }] = await Promise.all([
-    import('../streamprocessor/mediatype.js'),
-    import('../ocicrypt/decrypt-layer.js'),
-    import('../ocicrypt/keywrap/registry.js'),
-  ]);
+  // The one lazy-import boundary of the decoding path (decode-path.ts; the optional paths load on their own).
+  const p = await import('./decode-path.js');
+  const { checkLayerMediaType, decryptLayer, layerKeySchemes, layerPublicOptions, buildKeyWrappers } = p;
   const deadline = new Deadline();
   deadline.extendTo(UNWRAP_DEADLINE_MS);
   // The config was read while fd 3 was; its log.level must be in force before the first warning.
   const early = await configs.early().catch(() => undefined);
   if (early && args.logLevel === undefined) logger.level = early.log.level;
-  const found = await layerCandidates(logger, early, facts, deadline.controller.signal);
+  const found = await layerCandidates(p, logger, early, facts, deadline.controller.signal);
   const first = found.candidates[0]!.descriptor;
   facts.digest = first.digest;
   facts.mediaType = first.mediaType;
@@ -261,7 +255,7 @@ async function decodeLayer(args: DecodeArgs, logger: Logger, configs: ConfigSour
       return cfg;
     });
 
-  const native = await (await import('./native-cipher.js')).nativeLayerCipher(process.env);
+  const native = await p.nativeLayerCipher(process.env);
   logger.debug(`layer cipher: ${native ? 'native (addon, node binary OpenSSL)' : 'node:crypto'}`);
   let decipher: LayerDecipher | undefined;
   try {
@@ -322,7 +316,7 @@ async function decodeLayer(args: DecodeArgs, logger: Logger, configs: ConfigSour
   const layer = first.digest;
   logger.debug('layer key unwrapped', { layer, ...facts.unwrap });
 
-  facts.bytes = await decryptStdio(decipher, found.head?.bytes);
+  facts.bytes = await decryptStdio(p, decipher, found.head?.bytes);
   logger.info('layer decrypted', { layer, bytes: facts.bytes });
 }
 
