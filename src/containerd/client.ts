@@ -28,6 +28,8 @@ import {
 const MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
 /** containerd's metadata key for the namespace of a call (`namespaces.GRPCHeader`). */
 const NAMESPACE_HEADER = 'containerd-namespace';
+/** Content.List is a stream: stop reading one namespace's listing beyond this many entries (bounded memory). */
+export const MAX_LISTED_CONTENT = 100_000;
 
 export class ContainerdError extends DecoderError {}
 
@@ -168,6 +170,7 @@ export async function connectContainerd(address: ContainerdAddress, opts: Connec
       const out: ContentInfo[] = [];
       await stream(METHODS.listContent, encodeListContentRequest(filters), ns, (msg) => {
         out.push(...decodeListContentResponse(msg));
+        if (out.length > MAX_LISTED_CONTENT) throw new ContainerdError(`${where}: more than ${MAX_LISTED_CONTENT} manifests in namespace ${ns}; lookup stopped`);
         return true;
       });
       return out;

@@ -31,6 +31,7 @@ export const MAX_ANNOTATION_SETS = 8;
 const PARALLEL = 8;
 /** The `labels.` filter containerd's Content.List understands: content with at least one layer reference. */
 const LAYER_LABEL_FILTER = 'labels."containerd.io/gc.ref.content.l.0"';
+const NAMESPACE_RE = /^[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*$/;
 
 export interface LookupRequest {
   /** The first bytes of stdin: at least HEAD_BYTES unless the whole stream is shorter. */
@@ -169,7 +170,8 @@ const shortDigest = (d: string): string => d.slice(0, 19);
 export async function lookupLayer(source: ContentSource, req: LookupRequest): Promise<LayerMatch> {
   if (req.head.length === 0) throw new LookupError('stdin is empty: there is no layer to look up');
   const stats: LookupStats = { namespaces: [], documents: 0, candidates: 0, reads: 0 };
-  const namespaces = (await source.namespaces()).filter((n) => n !== '').slice(0, MAX_NAMESPACES);
+  // containerd's own namespace rule (`namespaces.Validate`); anything else is not searched (nor printed).
+  const namespaces = (await source.namespaces()).filter((n) => NAMESPACE_RE.test(n)).slice(0, MAX_NAMESPACES);
   stats.namespaces = namespaces;
   const byNamespace = new Map<string, Map<string, Descriptor[]>>();
   for (const ns of namespaces) byNamespace.set(ns, await manifestsOf(source, ns, stats));

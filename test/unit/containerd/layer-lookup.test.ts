@@ -176,6 +176,15 @@ describe('lookupLayer', () => {
     expect(a.annotationSets.map((s) => s.manifest)).toEqual(b.annotationSets.map((s) => s.manifest));
   });
 
+  it('searches only namespaces with names containerd itself would accept', async () => {
+    const store = new FakeContent();
+    const target = randomBytes(300);
+    store.manifest('k8s.io', [{ blob: target, annotations: keys('ok') }]);
+    store.manifest('bad\u001b[31mname', [{ blob: randomBytes(300), annotations: keys('x') }]);
+    const m = await lookupLayer(store, request(target));
+    expect(m.stats.namespaces).toEqual(['k8s.io']);
+  });
+
   it('an empty stdin is refused before containerd is asked anything', async () => {
     const store = new FakeContent();
     await expect(lookupLayer(store, request(Buffer.alloc(0)))).rejects.toThrow('stdin is empty');
