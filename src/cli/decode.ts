@@ -167,14 +167,14 @@ async function layerCandidates(
   facts: LayerFacts,
   signal: AbortSignal,
 ): Promise<{ params: PayloadParameters; candidates: LayerCandidate[]; head: StdinHead | undefined }> {
-  const { probePayloadFd, readPayloadFd, MISSING_PAYLOAD_HELP, decodePayload } = p;
+  const { probePayloadFd, readPayloadFd, MISSING_PAYLOAD_HELP, decodePayload, layerKeySchemes } = p;
   const probe = probePayloadFd();
   let payload: DecoderPayload | undefined;
   if (probe.present) {
-    const payloadBytes = await readPayloadFd();
+    const payloadBytes = await readPayloadFd({ probe });
     payload = decodePayload(payloadBytes);
     payloadBytes.fill(0); // ctr-enc payloads carry private keys
-    if (hasKeyAnnotations(payload.descriptor.annotations)) {
+    if (layerKeySchemes(payload.descriptor.annotations).length > 0) {
       facts.descriptorSource = 'payload';
       return { params: payload.params, candidates: [{ descriptor: payload.descriptor }], head: undefined };
     }
@@ -213,9 +213,6 @@ async function layerCandidates(
   return { params: payload?.params ?? {}, candidates, head };
 }
 
-const KEYS_ANNOTATION_PREFIX = 'org.opencontainers.image.enc.keys.';
-const hasKeyAnnotations = (annotations: Record<string, string>): boolean =>
-  Object.keys(annotations).some((k) => k.startsWith(KEYS_ANNOTATION_PREFIX) && annotations[k] !== '');
 
 async function decodeLayer(args: DecodeArgs, logger: Logger, configs: ConfigSource, facts: LayerFacts): Promise<void> {
   // The one lazy-import boundary of the decoding path (decode-path.ts; the optional paths load on their own).

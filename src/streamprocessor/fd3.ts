@@ -68,6 +68,8 @@ export interface ReadPayloadOptions {
   fd?: number;
   maxBytes?: number;
   timeoutMs?: number;
+  /** The caller's own `probePayloadFd(fd)` result, so that fd 3 is not probed twice. */
+  probe?: PayloadFdProbe;
 }
 
 function tooLarge(maxBytes: number): DecoderError {
@@ -128,7 +130,7 @@ export async function readPayloadFd(options: ReadPayloadOptions = {}): Promise<B
   const fd = options.fd ?? PAYLOAD_FD;
   const maxBytes = options.maxBytes ?? PAYLOAD_MAX_BYTES;
   const timeoutMs = options.timeoutMs ?? PAYLOAD_TIMEOUT_MS;
-  const probe = probePayloadFd(fd);
+  const probe = options.probe ?? probePayloadFd(fd);
   if (!probe.present) {
     throw new DecoderError(`no payload: ${probe.reason}; ${MISSING_PAYLOAD_HELP}`, { stage: STAGE });
   }

@@ -218,14 +218,15 @@ export function localPullFallback(images: TomlTable): string | undefined {
 async function probeLookup(cfg: ContainerdConfig, o: ContainerdCheckOptions): Promise<{ ok: true; detail: string } | { ok: false; problem: string; fix: string }> {
   const gz = cfg.processors.get(GZIP_DECODER_ID);
   const fromEnv = gz?.env.find((e) => e.startsWith('CONTAINERD_ADDRESS='))?.slice('CONTAINERD_ADDRESS='.length);
-  const { resolveContainerdAddress } = await import('../../containerd/address.js');
+  const { parseContainerdAddress, resolveContainerdAddress } = await import('../../containerd/address.js');
   let address;
+  let containerdSocket: string;
   try {
     address = resolveContainerdAddress(fromEnv !== undefined ? { CONTAINERD_ADDRESS: fromEnv } : {}, o.lookup.address);
+    containerdSocket = parseContainerdAddress(cfg.grpcAddress, '[grpc] address').path;
   } catch (err) {
     return { ok: false, problem: describeError(err), fix: 'set a Unix socket path (/path or unix:///path)' };
   }
-  const containerdSocket = cfg.grpcAddress.replace(/^unix:(?:\/\/)?/, '');
   if (address.path !== containerdSocket) {
     return {
       ok: false,
