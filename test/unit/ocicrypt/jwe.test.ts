@@ -1,4 +1,4 @@
-import { createDecipheriv, createHash, createHmac, createPublicKey, generateKeyPairSync, timingSafeEqual } from 'node:crypto';
+import { createHash, createPublicKey, generateKeyPairSync } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -9,6 +9,7 @@ import { jweKeyWrapper } from '../../../src/ocicrypt/keywrap/jwe.js';
 import type { DecryptParameters, UnwrapContext } from '../../../src/ocicrypt/keywrap/keywrapper.js';
 import { DecoderError, describeError } from '../../../src/util/errors.js';
 import { unwrapEntry } from '../../helpers/unwrap-entry.js';
+import { decryptLayerBlob } from '../../helpers/layer-cipher.js';
 
 const FIX = join(import.meta.dirname, '../../fixtures');
 const SKOPEO = join(FIX, 'ocicrypt');
@@ -40,20 +41,6 @@ function ctx(params: DecryptParameters): UnwrapContext {
 }
 function keyParams(...keys: Buffer[]): DecryptParameters {
   return { privkeys: keys, 'privkeys-passwords': keys.map(() => null) };
-}
-
-/** The ocicrypt layer cipher: HMAC-SHA256 over the ciphertext, AES-256-CTR with the nonce as counter block. */
-function decryptLayerBlob(blob: Buffer, privopts: Buffer, pubopts: string): Buffer {
-  const priv = JSON.parse(privopts.toString('utf8'));
-  const key = Buffer.from(priv.symkey, 'base64');
-  const nonce = Buffer.from(priv.cipheroptions.nonce, 'base64');
-  expect(key.length).toBe(32);
-  expect(nonce.length).toBe(16);
-  const pub = JSON.parse(Buffer.from(pubopts, 'base64').toString('utf8'));
-  const mac = createHmac('sha256', key).update(blob).digest();
-  expect(timingSafeEqual(mac, Buffer.from(pub.hmac, 'base64'))).toBe(true);
-  const d = createDecipheriv('aes-256-ctr', key, nonce);
-  return Buffer.concat([d.update(blob), d.final()]);
 }
 
 const plainBlob = readLayer(join(SKOPEO, 'plain')).blob;

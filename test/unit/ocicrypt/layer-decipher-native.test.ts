@@ -3,16 +3,17 @@
  * node:crypto: the same plaintext and the same HMAC verdicts for every chunking, pooled buffers reused only
  * after they were written, and the decoder's fallback to node:crypto when the addon cannot serve.
  */
-import { createCipheriv, createHmac, randomBytes } from 'node:crypto';
+import { createHmac, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { Readable, Writable } from 'node:stream';
+import { Writable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { loadTeeAddonFrom } from '../../../src/attest/native.js';
 import { nativeLayerCipher } from '../../../src/cli/native-cipher.js';
 import { LayerDecipher, decryptLayerStream, type NativeLayerCipher } from '../../../src/ocicrypt/layer-decipher.js';
 import type { LayerCipherOptions } from '../../../src/ocicrypt/options.js';
 import { describeError } from '../../../src/util/errors.js';
+import { chunkedSource as source, encryptLike } from '../../helpers/layer-cipher.js';
 
 const ADDON = join(import.meta.dirname, '../../../native/build/Release/tee.node');
 const native: NativeLayerCipher | undefined = existsSync(ADDON) ? loadTeeAddonFrom({ addonPath: ADDON }) : undefined;
@@ -31,25 +32,6 @@ class CopyingSink extends Writable {
   get data(): Buffer {
     return Buffer.concat(this.chunks);
   }
-}
-
-function source(data: Buffer, size: number): Readable {
-  let off = 0;
-  return new Readable({
-    read() {
-      if (off >= data.length) return void this.push(null);
-      this.push(data.subarray(off, off + size));
-      off += size;
-    },
-  });
-}
-
-function encryptLike(plaintext: Buffer): { ciphertext: Buffer; opts: LayerCipherOptions } {
-  const key = randomBytes(32);
-  const nonce = randomBytes(16);
-  const c = createCipheriv('aes-256-ctr', key, nonce);
-  const ciphertext = Buffer.concat([c.update(plaintext), c.final()]);
-  return { ciphertext, opts: { key, nonce, hmac: createHmac('sha256', key).update(ciphertext).digest() } };
 }
 
 async function decrypt(ciphertext: Buffer, opts: LayerCipherOptions, chunk: number, engine: NativeLayerCipher | undefined, slow = false) {

@@ -1,4 +1,4 @@
-import { createCipheriv, createHmac, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Readable, Writable } from 'node:stream';
@@ -6,6 +6,7 @@ import { describe, expect, it } from 'vitest';
 import { HOLDBACK_BYTES, LayerDecipher, decryptLayerStream } from '../../../src/ocicrypt/layer-decipher.js';
 import { layerCipherOptions, parsePrivateOptions, publicOptionsFromAnnotations, type LayerCipherOptions } from '../../../src/ocicrypt/options.js';
 import { describeError } from '../../../src/util/errors.js';
+import { chunkedSource as source, encryptLike } from '../../helpers/layer-cipher.js';
 
 const V131 = join(import.meta.dirname, '../../fixtures/ocicrypt-v1.3.1');
 const plain = readFileSync(join(V131, 'layer.tar.gz'));
@@ -30,18 +31,6 @@ class Collector extends Writable {
   }
 }
 
-/** A readable that hands out `data` in chunks of `size`, like a pipe does. */
-function source(data: Buffer, size = 64 * 1024): Readable {
-  let off = 0;
-  return new Readable({
-    read() {
-      if (off >= data.length) return void this.push(null);
-      this.push(data.subarray(off, off + size));
-      off += size;
-    },
-  });
-}
-
 async function run(input: Buffer, opts: LayerCipherOptions, chunk?: number, holdbackBytes?: number, slow = false) {
   const out = new Collector(slow);
   try {
@@ -50,15 +39,6 @@ async function run(input: Buffer, opts: LayerCipherOptions, chunk?: number, hold
   } catch (err) {
     return { out: out.data, n: -1, error: describeError(err) };
   }
-}
-
-/** Encrypts like ocicrypt (AES-256-CTR, HMAC-SHA256 over the ciphertext with the same key). */
-function encryptLike(plaintext: Buffer): { ciphertext: Buffer; opts: LayerCipherOptions } {
-  const key = randomBytes(32);
-  const nonce = randomBytes(16);
-  const c = createCipheriv('aes-256-ctr', key, nonce);
-  const ciphertext = Buffer.concat([c.update(plaintext), c.final()]);
-  return { ciphertext, opts: { key, nonce, hmac: createHmac('sha256', key).update(ciphertext).digest() } };
 }
 
 describe('decrypting the real ocicrypt v1.3.1 layer', () => {

@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { constants, createDecipheriv, createHmac, createPrivateKey, publicEncrypt, timingSafeEqual } from 'node:crypto';
+import { constants, createPrivateKey, publicEncrypt } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -10,6 +10,7 @@ import { parseEnvelopedData, pkcs7KeyWrapper, syntheticKey, unpadPkcs1v15 } from
 import { pgpKeyWrapper, pkcs11KeyWrapper } from '../../../src/ocicrypt/keywrap/unsupported.js';
 import { DecoderError, describeError } from '../../../src/util/errors.js';
 import { unwrapEntry } from '../../helpers/unwrap-entry.js';
+import { decryptLayerBlob } from '../../helpers/layer-cipher.js';
 
 const FIX = join(import.meta.dirname, '../../fixtures');
 const SKOPEO = join(FIX, 'ocicrypt');
@@ -36,18 +37,6 @@ function ctx(params: DecryptParameters): UnwrapContext {
 }
 function params(keys: Buffer[], certs: Buffer[]): DecryptParameters {
   return { privkeys: keys, 'privkeys-passwords': keys.map(() => null), x509s: certs };
-}
-/** The ocicrypt layer cipher: HMAC-SHA256 over the ciphertext, AES-256-CTR with the nonce as counter block. */
-function decryptLayerBlob(blob: Buffer, privopts: Buffer, pubopts: string): Buffer {
-  const priv = JSON.parse(privopts.toString('utf8'));
-  const key = Buffer.from(priv.symkey, 'base64');
-  const nonce = Buffer.from(priv.cipheroptions.nonce, 'base64');
-  expect(key.length).toBe(32);
-  expect(nonce.length).toBe(16);
-  const pub = JSON.parse(Buffer.from(pubopts, 'base64').toString('utf8'));
-  expect(timingSafeEqual(createHmac('sha256', key).update(blob).digest(), Buffer.from(pub.hmac, 'base64'))).toBe(true);
-  const d = createDecipheriv('aes-256-ctr', key, nonce);
-  return Buffer.concat([d.update(blob), d.final()]);
 }
 
 const PKCS7 = 'org.opencontainers.image.enc.keys.pkcs7';
