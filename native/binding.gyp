@@ -5,7 +5,7 @@
   "targets": [
     {
       "target_name": "tee",
-      "sources": ["src/tee.cc", "src/layer_cipher.cc"],
+      "sources": ["src/tee.cc", "src/layer_cipher.cc", "src/layer_pump.cc", "src/fd_read.cc"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": [
         "NAPI_VERSION=8",
@@ -19,7 +19,7 @@
       # node does; the glibc/GLIBCXX symbol versions it needs are checked in test/unit/attest/tee-native.test.ts.
       "ldflags": ["-Wl,-z,noexecstack", "-Wl,-z,relro,-z,now"],
       "conditions": [
-        ["OS!='linux'", { "sources!": ["src/tee.cc", "src/layer_cipher.cc"] }]
+        ["OS!='linux'", { "sources!": ["src/tee.cc", "src/layer_cipher.cc", "src/layer_pump.cc", "src/fd_read.cc"] }]
       ]
     }
   ]

@@ -19,11 +19,6 @@
 namespace coco {
 namespace {
 
-struct LayerCipher {
-  EVP_CIPHER_CTX* cipher = nullptr;
-  EVP_MAC_CTX* mac = nullptr;
-};
-
 void Release(LayerCipher* lc) {
   if (lc == nullptr) return;
   EVP_CIPHER_CTX_free(lc->cipher);  // frees cleanse their key schedules
@@ -33,9 +28,7 @@ void Release(LayerCipher* lc) {
 }
 
 LayerCipher* Unwrap(const Napi::CallbackInfo& info) {
-  if (info.Length() < 1 || !info[0].IsExternal()) return nullptr;
-  LayerCipher* lc = info[0].As<Napi::External<LayerCipher>>().Data();
-  return lc != nullptr && lc->cipher != nullptr && lc->mac != nullptr ? lc : nullptr;
+  return info.Length() < 1 ? nullptr : LayerCipherOf(info[0]);
 }
 
 Napi::Value Fail(Napi::Env env, const char* what) {
@@ -105,13 +98,36 @@ Napi::Value CipherFinal(const Napi::CallbackInfo& info) {
   return result;
 }
 
-// cipherFree(handle): releases early (a failed layer); the finalizer would do it later otherwise.
+// cipherFree(handle): releases early (a failed layer); the finalizer would do it later otherwise. A cipher a
+// pump is using is left to the pump's end (its JS object keeps the handle alive until then).
 Napi::Value CipherFree(const Napi::CallbackInfo& info) {
-  if (info.Length() >= 1 && info[0].IsExternal()) Release(info[0].As<Napi::External<LayerCipher>>().Data());
+  if (info.Length() >= 1 && info[0].IsExternal()) {
+    LayerCipher* lc = info[0].As<Napi::External<LayerCipher>>().Data();
+    if (lc != nullptr && !lc->busy) Release(lc);
+  }
   return info.Env().Undefined();
 }
 
 }  // namespace
+
+LayerCipher* LayerCipherOf(const Napi::Value& handle) {
+  if (!handle.IsExternal()) return nullptr;
+  LayerCipher* lc = handle.As<Napi::External<LayerCipher>>().Data();
+  return lc != nullptr && lc->cipher != nullptr && lc->mac != nullptr && !lc->busy ? lc : nullptr;
+}
+
+bool LayerCipherUpdateInPlace(LayerCipher* lc, unsigned char* data, size_t len) {
+  while (len > 0) {
+    const int n = len > (1u << 30) ? (1 << 30) : static_cast<int>(len);
+    int out = 0;
+    if (EVP_MAC_update(lc->mac, data, static_cast<size_t>(n)) != 1 || EVP_DecryptUpdate(lc->cipher, data, &out, data, n) != 1 || out != n) {
+      return false;
+    }
+    data += n;
+    len -= static_cast<size_t>(n);
+  }
+  return true;
+}
 
 void RegisterLayerCipher(Napi::Env env, Napi::Object exports) {
   exports.Set("cipherNew", Napi::Function::New(env, CipherNew, "cipherNew"));

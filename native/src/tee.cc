@@ -27,7 +27,7 @@
 
 namespace {
 
-constexpr uint32_t kAbiVersion = 3;  // 2: setNonDumpable; 3: the layer cipher (layer_cipher.cc)
+constexpr uint32_t kAbiVersion = 4;  // 2: setNonDumpable; 3: the layer cipher (layer_cipher.cc); 4: its fd pump (layer_pump.cc), readFd (fd_read.cc)
 constexpr size_t kPageSize = 4096;
 // Upper bound for a host-requested certificate buffer: far above SEV_FW_BLOB_MAX_SIZE, only there so
 // a corrupted certs_len can never make us allocate gigabytes.
@@ -409,6 +409,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setNonDumpable", Napi::Function::New(env, SetNonDumpable, "setNonDumpable"));
   exports.Set("layout", Layout(env));
   coco::RegisterLayerCipher(env, exports);
+  coco::RegisterLayerPump(env, exports);
+  coco::RegisterFdRead(env, exports);
   return exports;
 }
 

@@ -24,7 +24,7 @@ export { classifyDeviceError, TeeDeviceError, type TeeDeviceErrorKind } from './
 export { SNP_DEFAULT_CERTS_LEN, SNP_MSG_VERSION, snpGetExtReport, snpGetReport, tdxGetReport0 } from './native-calls.js';
 
 /** Bumped in native/src/tee.cc whenever the exported functions change shape. */
-export const ADDON_ABI_VERSION = 3;
+export const ADDON_ABI_VERSION = 4;
 
 /**
  * Linux UAPI layout the addon is compiled with (kernel `include/uapi/linux/{tdx,sev}-guest.h`). Kept here so
@@ -69,6 +69,13 @@ export interface TeeAddon {
   cipherUpdate(handle: unknown, src: Buffer, dst: Buffer): void;
   cipherFinal(handle: unknown): Buffer;
   cipherFree(handle: unknown): void;
+  /** Its fd-to-fd pump (native/src/layer_pump.cc); see NativeLayerCipher in ocicrypt/layer-decipher.ts. */
+  pumpNew(cipher: unknown, inFd: number, outFd: number, holdback: number, prefix: Buffer | null, cipherDigest: string, plainSha256: boolean): unknown;
+  pumpRun(pump: unknown, cipher: unknown, done: (err: { stage: 'read' | 'write' | 'cipher'; errno: number } | null, outcome?: never) => void): void;
+  pumpRelease(pump: unknown): number;
+  pumpFree(pump: unknown): void;
+  /** A pipe read to EOF within a size bound and a deadline (native/src/fd_read.cc). */
+  readFd(fd: number, maxBytes: number, timeoutMs: number, done: (err: { reason: 'timeout' | 'too-large' | 'error'; errno: number } | null, data?: Buffer) => void): void;
 }
 
 /** The addon could not be found or loaded. */

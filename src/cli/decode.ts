@@ -79,9 +79,13 @@ const isPipe = (fd: number): boolean => {
   return st.isFIFO() || st.isSocket();
 };
 
-/** stdin (ciphertext) to stdout: containerd's pipes read with a reused buffer, anything else as a stream. */
-async function decryptStdio(p: DecodePath, decipher: LayerDecipher, prefix: Buffer | undefined): Promise<number> {
-  const { decryptLayerFd, decryptLayerStream, openStdout } = p;
+/**
+ * stdin (ciphertext) to stdout: fd to fd on the addon's worker thread when it can, else through Node streams
+ * (containerd's pipes read with a reused buffer, anything else as a stream).
+ */
+async function decryptStdio(decipher: LayerDecipher, prefix: Buffer | undefined): Promise<number> {
+  if (decipher.canDecryptFd) return decipher.decryptFd(0, 1, { prefix });
+  const { decryptLayerFd, decryptLayerStream, openStdout } = await import('./decode-streams.js');
   const stdout = openStdout(STDOUT_BUFFER_BYTES);
   try {
     return isPipe(0)
@@ -171,7 +175,7 @@ async function layerCandidates(
   const probe = probePayloadFd();
   let payload: DecoderPayload | undefined;
   if (probe.present) {
-    const payloadBytes = await readPayloadFd({ probe });
+    const payloadBytes = await readPayloadFd({ probe, readPipe: probe.present && probe.kind !== 'file' ? await p.nativePipeReader() : undefined });
     payload = decodePayload(payloadBytes);
     payloadBytes.fill(0); // ctr-enc payloads carry private keys
     if (layerKeySchemes(payload.descriptor.annotations).length > 0) {
@@ -313,7 +317,7 @@ async function decodeLayer(args: DecodeArgs, logger: Logger, configs: ConfigSour
   const layer = first.digest;
   logger.debug('layer key unwrapped', { layer, ...facts.unwrap });
 
-  facts.bytes = await decryptStdio(p, decipher, found.head?.bytes);
+  facts.bytes = await decryptStdio(decipher, found.head?.bytes);
   logger.info('layer decrypted', { layer, bytes: facts.bytes });
 }
 

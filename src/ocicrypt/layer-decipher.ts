@@ -4,19 +4,12 @@
  * stays visibly incomplete and containerd's gunzip/diffID checks cannot mistake it for a whole layer.
  */
 import { createDecipheriv, createHash, createHmac, timingSafeEqual, type Decipher, type Hash, type Hmac } from 'node:crypto';
-import { Socket, type OnReadOpts, type SocketConstructorOpts } from 'node:net';
-import type { Readable, Writable } from 'node:stream';
+import { getSystemErrorName } from 'node:util';
 import { DecoderError } from '../util/errors.js';
-import { YoungGc } from '../util/young-gc.js';
 import type { LayerCipherOptions } from './options.js';
 
 /** Plaintext withheld until the HMAC verifies (upstream holds 10 KiB). */
 export const HOLDBACK_BYTES = 64 * 1024;
-/**
- * Reused read buffer for pipe input. A pipe holds 64 KiB, and a larger buffer only costs: the destination must
- * stay in cache (256 KiB reads measured twice the wall and system time; README, Performance).
- */
-const READ_BUFFER_BYTES = 64 * 1024;
 
 const STAGE = 'could not copy data';
 
@@ -31,6 +24,36 @@ export interface NativeLayerCipher {
   /** The HMAC over all ciphertext; releases the handle. */
   cipherFinal(handle: unknown): Buffer;
   cipherFree(handle: unknown): void;
+  /**
+   * The fd-to-fd pump (native/src/layer_pump.cc, addon ABI 4): reads, MACs, decrypts and writes on a worker
+   * thread, holding the last `holdback` bytes until `pumpRelease`. Absent from older addons.
+   */
+  pumpNew?(cipher: unknown, inFd: number, outFd: number, holdback: number, prefix: Buffer | null, cipherDigest: '' | 'sha256' | 'sha384' | 'sha512', plainSha256: boolean): unknown;
+  pumpRun?(pump: unknown, cipher: unknown, done: (err: NativePumpFailure | null, outcome?: NativePumpOutcome) => void): void;
+  pumpRelease?(pump: unknown): number;
+  pumpFree?(pump: unknown): void;
+}
+
+/** How a native pump failed: the stage and its errno (0 for an OpenSSL failure). */
+export interface NativePumpFailure {
+  stage: 'read' | 'write' | 'cipher';
+  errno: number;
+}
+
+/** What a native pump measured by EOF; `held` plaintext bytes wait for `pumpRelease`. */
+export interface NativePumpOutcome {
+  cipherBytes: number;
+  written: number;
+  held: number;
+  cipherDigest?: Buffer;
+  plainDigest?: Buffer;
+}
+
+/** What the stream saw, measured by whoever read it (this process, or the native pump). */
+interface Measured {
+  cipherBytes: number;
+  cipherDigest: Buffer | undefined;
+  plainDigest: Buffer | undefined;
 }
 
 /** Plaintext chunks of the native path come from a pool of this size (a pipe read is at most 64 KiB). */
@@ -84,6 +107,7 @@ class NativeEngine implements CipherEngine {
   /** The pool's own buffers, known by identity: a chunk's shape says nothing (Node's allocUnsafe slabs look alike). */
   readonly #owned = new WeakSet<ArrayBufferLike>();
   #done = false;
+  #pump: unknown;
   constructor(
     private readonly native: NativeLayerCipher,
     key: Buffer,
@@ -115,10 +139,44 @@ class NativeEngine implements CipherEngine {
     }
   }
   dispose(): void {
+    if (this.#pump !== undefined) this.native.pumpFree?.(this.#pump);
+    this.#pump = undefined;
     if (!this.#done) this.native.cipherFree(this.#handle);
     this.#done = true;
     for (const b of this.#pool.splice(0)) b.fill(0);
   }
+
+  get canPump(): boolean {
+    const n = this.native;
+    return typeof n.pumpNew === 'function' && typeof n.pumpRun === 'function' && typeof n.pumpRelease === 'function' && typeof n.pumpFree === 'function';
+  }
+
+  /** Runs the native pump to EOF; its tail stays held until `releasePump`. */
+  pump(inFd: number, outFd: number, holdback: number, prefix: Buffer | undefined, cipherDigest: '' | 'sha256' | 'sha384' | 'sha512', plainSha256: boolean): Promise<NativePumpOutcome> {
+    const pump = this.native.pumpNew!(this.#handle, inFd, outFd, holdback, prefix ?? null, cipherDigest, plainSha256);
+    this.#pump = pump;
+    return new Promise((resolve, reject) => {
+      this.native.pumpRun!(pump, this.#handle, (err, outcome) => (err ? reject(pumpError(err)) : resolve(outcome!)));
+    });
+  }
+
+  /** Writes the held tail (after verify); the total plaintext written. */
+  releasePump(): number {
+    const pump = this.#pump;
+    this.#pump = undefined;
+    try {
+      return this.native.pumpRelease!(pump);
+    } catch (err) {
+      throw pumpError({ stage: 'write', errno: Number((err as { errno?: unknown }).errno) || 0 });
+    }
+  }
+}
+
+function pumpError(f: NativePumpFailure): DecoderError {
+  const name = f.errno > 0 ? getSystemErrorName(-f.errno) : 'OpenSSL failed';
+  if (f.stage === 'read') return new DecoderError(`read input: ${name}`, { stage: STAGE });
+  if (f.stage === 'write') return new DecoderError(`write output: ${name}${name === 'EPIPE' ? ' (the reader closed the pipe)' : ''}`, { stage: STAGE });
+  return new DecoderError('the layer cipher failed (OpenSSL)', { stage: STAGE });
 }
 
 export interface LayerDecipherOptions extends LayerCipherOptions {
@@ -146,6 +204,10 @@ export class LayerDecipher {
   readonly #cipherHash: Hash | undefined;
   readonly #cipherExpected: LayerDecipherOptions['cipherDigest'];
   #cipherBytes = 0;
+  /** Set when the native pump read the stream: its measurements replace the hashes above. */
+  #pumped: Measured | undefined;
+  /** Ciphertext has gone through `update` or `decryptFd`: the other one may not start. */
+  #used = false;
 
   constructor(options: LayerDecipherOptions) {
     this.#engine = options.native !== undefined ? new NativeEngine(options.native, options.key, options.nonce) : new NodeCryptoEngine(options.key, options.nonce);
@@ -162,6 +224,8 @@ export class LayerDecipher {
 
   /** Authenticates then decrypts one ciphertext chunk (CTR: output length equals input length). */
   update(ciphertext: Buffer): Buffer {
+    if (this.#pumped !== undefined) throw new DecoderError('update after decryptFd', { stage: STAGE });
+    this.#used = true;
     if (this.#cipherHash !== undefined) {
       this.#cipherHash.update(ciphertext);
       this.#cipherBytes += ciphertext.length;
@@ -189,12 +253,18 @@ export class LayerDecipher {
   /** Throws unless the HMAC over all ciphertext seen matches the expected one. */
   verify(): void {
     const actual = this.#engine.finish();
-    if (this.#cipherHash !== undefined && this.#cipherExpected !== undefined) {
+    const measured: Measured = this.#pumped ?? {
+      cipherBytes: this.#cipherBytes,
+      cipherDigest: this.#cipherHash?.digest(),
+      plainDigest: this.#plainHash?.digest(),
+    };
+    if (this.#cipherExpected !== undefined) {
       // Public data (ciphertext digests), but a mismatch means the lookup chose the wrong blob: say so first.
-      const got = this.#cipherHash.digest();
-      if (this.#cipherBytes !== this.#cipherExpected.size || !got.equals(this.#cipherExpected.digest)) {
+      const got = measured.cipherDigest;
+      if (measured.cipherBytes !== this.#cipherExpected.size || got === undefined || !got.equals(this.#cipherExpected.digest)) {
+        measured.plainDigest?.fill(0);
         throw new DecoderError(
-          `the layer on stdin (${this.#cipherBytes} bytes) is not the blob the content-store lookup matched ` +
+          `the layer on stdin (${measured.cipherBytes} bytes) is not the blob the content-store lookup matched ` +
             `(${this.#cipherExpected.algorithm}:${this.#cipherExpected.digest.toString('hex')}, ${this.#cipherExpected.size} bytes); nothing was released`,
           { stage: STAGE },
         );
@@ -202,6 +272,7 @@ export class LayerDecipher {
     }
     if (actual.length !== this.#expected.length || !timingSafeEqual(actual, this.#expected)) {
       actual.fill(0);
+      measured.plainDigest?.fill(0);
       // Only the expected HMAC (public, from pubopts) is shown: the one computed over an attacker's ciphertext
       // under our key would hand out a MAC oracle (ocicrypt prints both).
       throw new DecoderError(
@@ -209,9 +280,9 @@ export class LayerDecipher {
         { stage: STAGE },
       );
     }
-    if (this.#plainHash !== undefined && this.#plainExpected !== undefined) {
-      const got = this.#plainHash.digest();
-      const same = timingSafeEqual(got, this.#plainExpected);
+    if (this.#plainExpected !== undefined) {
+      const got = measured.plainDigest ?? Buffer.alloc(0);
+      const same = got.length === this.#plainExpected.length && timingSafeEqual(got, this.#plainExpected);
       got.fill(0);
       // Neither digest is shown: both derive from decrypted data.
       if (!same) {
@@ -221,193 +292,40 @@ export class LayerDecipher {
       }
     }
   }
+
+  /** Whether `decryptFd` can run: the native cipher with its pump (addon ABI 4). */
+  get canDecryptFd(): boolean {
+    return this.#engine instanceof NativeEngine && this.#engine.canPump;
+  }
+
+  /**
+   * The whole layer from `inFd` to `outFd` on the addon's worker thread, with the same holdback: everything but
+   * the last `holdbackBytes` is written as it is decrypted, then `verify()` runs on what the pump measured, and
+   * only then is the held tail written. Needs `canDecryptFd`; use once, instead of `update`. Returns the
+   * plaintext bytes written.
+   */
+  async decryptFd(inFd: number, outFd: number, options: DecryptStreamOptions = {}): Promise<number> {
+    const engine = this.#engine;
+    if (!(engine instanceof NativeEngine) || !engine.canPump || this.#used) {
+      throw new DecoderError('decryptFd needs a fresh native layer cipher with its pump', { stage: STAGE });
+    }
+    this.#used = true;
+    const outcome = await engine.pump(
+      inFd,
+      outFd,
+      options.holdbackBytes ?? HOLDBACK_BYTES,
+      options.prefix,
+      this.#cipherExpected?.algorithm ?? '',
+      this.#plainExpected !== undefined,
+    );
+    this.#pumped = { cipherBytes: outcome.cipherBytes, cipherDigest: outcome.cipherDigest, plainDigest: outcome.plainDigest };
+    this.verify();
+    return engine.releasePump();
+  }
 }
 
 export interface DecryptStreamOptions {
   holdbackBytes?: number;
   /** Ciphertext already read from the input (the lookup's head), decrypted before the rest. */
   prefix?: Buffer;
-}
-
-/**
- * Ciphertext in, plaintext out, with the holdback: a chunk of plaintext is written only while at least
- * `holdback` bytes stay queued behind it; the rest goes out after `finish()` has verified the HMAC. Memory is
- * the holdback plus what the sink buffers (its high-water mark), whatever the layer size.
- */
-class LayerPump {
-  readonly #queue: Buffer[] = [];
-  readonly #gc = new YoungGc();
-  #queued = 0;
-  #written = 0;
-  #error: Error | undefined;
-  #lastWrite: Promise<void> = Promise.resolve();
-  readonly #onError = (err: Error): void => {
-    this.#error ??= err;
-  };
-
-  constructor(
-    private readonly decipher: LayerDecipher,
-    private readonly out: Writable,
-    private readonly holdback: number,
-  ) {
-    out.on('error', this.#onError);
-  }
-
-  /** Feeds one ciphertext chunk (used synchronously: it may be a reused buffer). False: wait for `drained()`. */
-  push(ciphertext: Buffer): boolean {
-    this.#check();
-    const plain = this.decipher.update(ciphertext);
-    this.#gc.allocated(this.decipher.freshBytes);
-    if (plain.length > 0) {
-      this.#queue.push(plain);
-      this.#queued += plain.length;
-    }
-    let ok = true;
-    while (this.#queue.length > 0 && this.#queued - this.#queue[0]!.length >= this.holdback) ok = this.#write() && ok;
-    return ok;
-  }
-
-  /** Resolves when the sink wants more data (or failed; the next call reports it). */
-  drained(): Promise<void> {
-    return new Promise((resolve) => {
-      const done = (): void => {
-        this.out.off('drain', done);
-        this.out.off('error', done);
-        this.out.off('close', done);
-        resolve();
-      };
-      this.out.on('drain', done);
-      this.out.on('error', done);
-      this.out.on('close', done);
-    });
-  }
-
-  /** At EOF: verifies the HMAC, releases the held-back tail, waits until it was handed to the OS. */
-  async finish(): Promise<number> {
-    this.#check();
-    this.decipher.verify();
-    while (this.#queue.length > 0) {
-      if (!this.#write()) await this.drained();
-      this.#check();
-    }
-    await this.#lastWrite;
-    this.#check();
-    return this.#written;
-  }
-
-  dispose(): void {
-    this.out.off('error', this.#onError);
-    // Withheld plaintext of a failed layer: unauthenticated, never released, so not left in the heap either.
-    // Released chunks are not zeroed: containerd writes them to the snapshot anyway, and zeroing every chunk after
-    // its write measured 5% of throughput.
-    for (const chunk of this.#queue.splice(0)) chunk.fill(0);
-    this.#queued = 0;
-    this.decipher.dispose();
-  }
-
-  #write(): boolean {
-    const chunk = this.#queue.shift()!;
-    this.#queued -= chunk.length;
-    this.#written += chunk.length;
-    let ok = true;
-    this.#lastWrite = new Promise((resolve) => {
-      ok = this.out.write(chunk, (err) => {
-        if (err) this.#onError(err);
-        else this.decipher.release(chunk);
-        resolve();
-      });
-    });
-    return ok;
-  }
-
-  #check(): void {
-    if (this.#error === undefined) return;
-    const code = (this.#error as NodeJS.ErrnoException).code;
-    const hint = code === 'EPIPE' ? ' (the reader closed the pipe)' : '';
-    throw new DecoderError(`write output: ${this.#error.message}${hint}`, { stage: STAGE, cause: this.#error });
-  }
-}
-
-function readError(err: unknown): DecoderError {
-  return err instanceof DecoderError ? err : new DecoderError(`read input: ${(err as Error).message}`, { stage: STAGE, cause: err });
-}
-
-/**
- * Streams ciphertext from a Readable (files, tests) through `decipher` into `output`. Does not end `output`
- * (process.stdout must not be ended). Returns the number of plaintext bytes written.
- */
-export async function decryptLayerStream(
-  input: Readable,
-  output: Writable,
-  decipher: LayerDecipher,
-  options: DecryptStreamOptions = {},
-): Promise<number> {
-  const pump = new LayerPump(decipher, output, options.holdbackBytes ?? HOLDBACK_BYTES);
-  try {
-    try {
-      if (options.prefix !== undefined && options.prefix.length > 0 && !pump.push(options.prefix)) await pump.drained();
-      for await (const chunk of input as AsyncIterable<Buffer>) {
-        if (!pump.push(chunk)) await pump.drained();
-      }
-    } catch (err) {
-      throw readError(err);
-    }
-    return await pump.finish();
-  } finally {
-    pump.dispose();
-  }
-}
-
-/**
- * The same from a pipe or socket file descriptor (containerd's stdin), reading into one reused buffer: a fresh
- * 64 KiB allocation per read costs more CPU than the AES itself.
- */
-export function decryptLayerFd(
-  fd: number,
-  output: Writable,
-  decipher: LayerDecipher,
-  options: DecryptStreamOptions = {},
-): Promise<number> {
-  const pump = new LayerPump(decipher, output, options.holdbackBytes ?? HOLDBACK_BYTES);
-  return new Promise<number>((resolve, reject) => {
-    let failed = false;
-    // The prefix fits in the holdback (the lookup reads at most 64 KiB), so pushing it never needs a drain.
-    if (options.prefix !== undefined && options.prefix.length > 0) pump.push(options.prefix);
-    const fail = (err: unknown): void => {
-      if (failed) return;
-      failed = true;
-      input.destroy();
-      reject(readError(err));
-    };
-    // `onread` (documented for net.Socket, honoured by its constructor) is missing from @types/node's constructor type.
-    const opts: SocketConstructorOpts & { onread: OnReadOpts } = {
-      fd,
-      readable: true,
-      writable: false,
-      onread: {
-        buffer: Buffer.allocUnsafeSlow(READ_BUFFER_BYTES),
-        callback: (n: number, buf: Uint8Array): boolean => {
-          try {
-            if (pump.push(Buffer.from(buf.buffer, buf.byteOffset, n))) return true;
-          } catch (err) {
-            fail(err);
-            return false;
-          }
-          void pump.drained().then(() => {
-            if (!failed) input.resume();
-          });
-          return false;
-        },
-      },
-    };
-    const input = new Socket(opts);
-    input.on('error', fail);
-    input.on('end', () => {
-      if (failed) return;
-      pump.finish().then((n) => {
-        input.destroy();
-        resolve(n);
-      }, fail);
-    });
-  }).finally(() => pump.dispose());
 }

@@ -4,7 +4,6 @@
  * would block or return garbage. So: probe first, then read with a size bound and a deadline.
  */
 import fs from 'node:fs';
-import net from 'node:net';
 import { DecoderError } from '../util/errors.js';
 
 export const PAYLOAD_FD = 3;
@@ -70,6 +69,8 @@ export interface ReadPayloadOptions {
   timeoutMs?: number;
   /** The caller's own `probePayloadFd(fd)` result, so that fd 3 is not probed twice. */
   probe?: PayloadFdProbe;
+  /** Reads pipes and sockets; default: a libuv stream (node:net). */
+  readPipe?: PipeReader;
 }
 
 function tooLarge(maxBytes: number): DecoderError {
@@ -91,35 +92,27 @@ function readRegularFile(fd: number, maxBytes: number): Buffer {
   return Buffer.concat(chunks, total);
 }
 
-/** Pipes and sockets go through libuv's non-blocking stream, so the deadline can actually interrupt the read. */
-function readStream(fd: number, maxBytes: number, timeoutMs: number): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const sock = new net.Socket({ fd, readable: true, writable: false });
-    const chunks: Buffer[] = [];
-    let total = 0;
-    const fail = (err: Error): void => {
-      clearTimeout(timer);
-      sock.destroy();
-      reject(err);
-    };
-    const timer = setTimeout(
-      () => fail(new DecoderError(`no EOF on fd 3 within ${timeoutMs} ms; not a containerd payload pipe`, { stage: STAGE })),
-      timeoutMs,
-    );
-    sock.on('data', (chunk: Buffer) => {
-      total += chunk.length;
-      if (total > maxBytes) return fail(tooLarge(maxBytes));
-      chunks.push(chunk);
-    });
-    sock.on('end', () => {
-      clearTimeout(timer);
-      sock.destroy();
-      resolve(Buffer.concat(chunks, total));
-    });
-    sock.on('error', (err) =>
-      fail(new DecoderError(`read configFd: ${err.message}`, { stage: STAGE, cause: err })),
-    );
-  });
+/** How a bounded pipe read ended when it did not reach EOF (see PipeReader). */
+export type PipeReadFailure = { reason: 'timeout' | 'too-large' } | { reason: 'error'; code: string };
+
+/**
+ * Reads a pipe or socket to EOF within `maxBytes` and `timeoutMs` (the addon's readFd, wired in by the CLI).
+ * Without one, a libuv stream on the descriptor does it (fd3-socket.ts, which loads node:net).
+ */
+export type PipeReader = (fd: number, maxBytes: number, timeoutMs: number) => Promise<Buffer | PipeReadFailure>;
+
+/** The one wording of each way a payload pipe read fails, whichever reader ran. */
+export function pipeReadError(f: PipeReadFailure, maxBytes: number, timeoutMs: number): DecoderError {
+  if (f.reason === 'timeout') return new DecoderError(`no EOF on fd 3 within ${timeoutMs} ms; not a containerd payload pipe`, { stage: STAGE });
+  if (f.reason === 'too-large') return tooLarge(maxBytes);
+  return new DecoderError(`read configFd: ${'code' in f ? f.code : f.reason}`, { stage: STAGE });
+}
+
+async function readPipe(fd: number, maxBytes: number, timeoutMs: number, reader: PipeReader | undefined): Promise<Buffer> {
+  const read = reader ?? (await import('./fd3-socket.js')).readPipeWithSocket;
+  const got = await read(fd, maxBytes, timeoutMs);
+  if (Buffer.isBuffer(got)) return got;
+  throw pipeReadError(got, maxBytes, timeoutMs);
 }
 
 /**
@@ -142,5 +135,5 @@ export async function readPayloadFd(options: ReadPayloadOptions = {}): Promise<B
       throw new DecoderError(`read configFd: ${(err as Error).message}`, { stage: STAGE, cause: err });
     }
   }
-  return readStream(fd, maxBytes, timeoutMs);
+  return readPipe(fd, maxBytes, timeoutMs, options.readPipe);
 }

@@ -138,7 +138,7 @@ describe('SEV-SNP attester', () => {
     writeFileSync(device, '');
     const calls: unknown[] = [];
     const addon = {
-      abiVersion: 3,
+      abiVersion: 4,
       setNonDumpable: () => 0,
       layout: {},
       tdxGetReport0: async () => Buffer.alloc(0),
@@ -154,6 +154,11 @@ describe('SEV-SNP attester', () => {
       cipherUpdate: () => undefined,
       cipherFinal: () => Buffer.alloc(32),
       cipherFree: () => undefined,
+      pumpNew: () => undefined,
+      pumpRun: () => undefined,
+      pumpRelease: () => 0,
+      pumpFree: () => undefined,
+      readFd: () => undefined,
     } satisfies TeeAddon;
     const noProvider = new FakeTsm({ root: ROOT, provider: undefined, generate: () => ({ outblob: Buffer.alloc(0) }) });
     const ev = (await createSnpAttester(config({ sevGuestDevice: device }), { tsmFs: noProvider, tsmLockPath: null, loadAddon: () => addon }).getEvidence(

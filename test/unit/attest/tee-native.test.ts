@@ -46,7 +46,7 @@ async function rejection(p: Promise<unknown>): Promise<TeeDeviceError> {
 
 describe('addon against real files', () => {
   it('exposes the pinned ABI and the UAPI layout the TS side expects', () => {
-    expect(addon.abiVersion).toBe(3);
+    expect(addon.abiVersion).toBe(4);
     expect(addon.layout).toEqual(UAPI_LAYOUT);
   });
 
@@ -250,7 +250,7 @@ describe('addon loader', () => {
   };
 
   it('loads the installed copy from attestation.addon_path', () => {
-    expect(loadTeeAddonFrom({ addonPath: ADDON }).abiVersion).toBe(3);
+    expect(loadTeeAddonFrom({ addonPath: ADDON }).abiVersion).toBe(4);
   });
 
   it('says how to fix a missing addon, and refuses a file that is not one', () => {
@@ -271,7 +271,7 @@ describe('addon loader', () => {
       execPath: '/nonexistent/bin/coco-decoder',
       tmpDir: tmp,
     });
-    expect(a.abiVersion).toBe(3);
+    expect(a.abiVersion).toBe(4);
     expect(readdirSync(tmp)).toEqual([]);
   });
 
@@ -279,7 +279,7 @@ describe('addon loader', () => {
     const bin = mkdtempSync(path.join(dir, 'bin-'));
     execFileSync('cp', [ADDON, path.join(bin, 'tee.node')]);
     const sea = { isSea: () => true, getAsset: (): ArrayBuffer => { throw new Error('No matching asset found'); } };
-    expect(loadTeeAddonFrom({ addonPath: '/nonexistent/tee.node', sea, execPath: path.join(bin, 'coco-decoder') }).abiVersion).toBe(3);
+    expect(loadTeeAddonFrom({ addonPath: '/nonexistent/tee.node', sea, execPath: path.join(bin, 'coco-decoder') }).abiVersion).toBe(4);
     expect(() => loadTeeAddonFrom({ addonPath: '/nonexistent/tee.node', sea, execPath: '/nonexistent/coco-decoder' })).toThrow(
       /carries no tee.node asset.*attestation.addon_path/,
     );

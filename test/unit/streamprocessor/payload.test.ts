@@ -255,17 +255,38 @@ describe('fd 3 detection (child processes)', () => {
     expect(JSON.parse(r.stdout)).toMatch(/^read payload: no payload: fd 3 .*io\.containerd\.ocicrypt\.decoder\.v1\.tar\.gzip.*use_local_image_pull/);
   });
 
-  it('reads a pipe on fd 3 to EOF', () => {
-    // A shell pipeline gives a real pipe(2), as containerd's os.Pipe does (Node's own stdio pipes are socketpairs).
-    const file = join(V131, 'payload-cri.bin');
-    const r = spawnSync(
-      '/bin/sh',
-      ['-c', `cat "$2" | { exec "$0" --import tsx --input-type=module -e "$1" 3<&0 0</dev/null; }`, process.execPath,
-        script('const p = probePayloadFd(); const b = await readPayloadFd(); out({ p, n: b.length, head: b.subarray(0, 3).toString("hex") });'), file],
-      { cwd: ROOT, encoding: 'utf8', timeout: 20_000 },
-    );
-    expect(JSON.parse(r.stdout)).toEqual({ p: { present: true, kind: 'fifo' }, n: read(join(V131, 'payload-cri.bin')).length, head: '0a2169' });
-  });
+  // Both pipe readers: the addon's readFd (what the decoder uses) and the libuv stream fallback (no addon).
+  for (const reader of ['native readFd', 'socket fallback'] as const) {
+    const withReader = (body: string): string =>
+      script(
+        (reader === 'native readFd'
+          ? 'const readPipe = await (await import("./src/cli/native-pipe-reader.ts")).nativePipeReader(); if (!readPipe) throw new Error("no addon");'
+          : 'const readPipe = undefined;') + body,
+      );
+    const viaPipe = (producer: string, body: string) =>
+      spawnSync(
+        '/bin/sh',
+        ['-c', `${producer} | { exec "$0" --import tsx --input-type=module -e "$1" 3<&0 0</dev/null; }`, process.execPath, withReader(body), join(V131, 'payload-cri.bin')],
+        { cwd: ROOT, encoding: 'utf8', timeout: 20_000 },
+      );
+
+    it(`reads a pipe on fd 3 to EOF (${reader})`, () => {
+      // A shell pipeline gives a real pipe(2), as containerd's os.Pipe does (Node's own stdio pipes are socketpairs).
+      const r = viaPipe('cat "$2"', 'const p = probePayloadFd(); const b = await readPayloadFd({ readPipe }); out({ p, n: b.length, head: b.subarray(0, 3).toString("hex") });');
+      expect(JSON.parse(r.stdout)).toEqual({ p: { present: true, kind: 'fifo' }, n: read(join(V131, 'payload-cri.bin')).length, head: '0a2169' });
+    });
+
+    it(`enforces the size bound on a pipe (${reader})`, () => {
+      const r = viaPipe('cat "$2"', 'readPayloadFd({ readPipe, maxBytes: 100 }).then(() => out("read"), (e) => out(e.stage + ": " + e.message));');
+      expect(JSON.parse(r.stdout)).toBe('read payload: payload on fd 3 exceeds 100 bytes; not a containerd payload');
+    });
+
+    it(`gives up on a pipe that never reaches EOF instead of hanging (${reader})`, () => {
+      // sleep holds the write end of the fd-3 pipe open without writing anything.
+      const r = viaPipe('sleep 3', 'readPayloadFd({ readPipe, timeoutMs: 300 }).then(() => out("read"), (e) => { out(e.message); process.exit(0); });');
+      expect(JSON.parse(r.stdout)).toMatch(/^no EOF on fd 3 within 300 ms; not a containerd payload pipe$/);
+    });
+  }
 
   it('reads a regular file on fd 3 and enforces the size bound', () => {
     const file = join(V131, 'payload-cri.bin');
@@ -283,17 +304,6 @@ describe('fd 3 detection (child processes)', () => {
       { cwd: ROOT, encoding: 'utf8', timeout: 20_000 },
     );
     expect(JSON.parse(big.stdout)).toMatch(/exceeds 100 bytes/);
-  });
-
-  it('gives up on a pipe that never reaches EOF instead of hanging', () => {
-    // sleep holds the write end of the fd-3 pipe open without writing anything.
-    const r = spawnSync(
-      '/bin/sh',
-      ['-c', `sleep 3 | { exec "$0" --import tsx --input-type=module -e "$1" 3<&0 0</dev/null; }`, process.execPath,
-        script('readPayloadFd({ timeoutMs: 300 }).then(() => out("read"), (e) => { out(e.message); process.exit(0); });')],
-      { cwd: ROOT, encoding: 'utf8', timeout: 20_000 },
-    );
-    expect(JSON.parse(r.stdout)).toMatch(/no EOF on fd 3 within 300 ms/);
   });
 
   it('does not take /dev/null (a character device) for a payload', () => {
