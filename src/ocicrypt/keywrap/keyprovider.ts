@@ -8,7 +8,6 @@
 import { DecoderError } from '../../util/errors.js';
 import { loadKeyProviderConfig, type KeyProviderEntry } from '../keyprovider/config.js';
 import { marshalUnwrapInput, parseUnwrapOutput, withoutKeyMaterial } from '../keyprovider/protocol.js';
-import { runProviderCommand } from '../keyprovider/cmd.js';
 import type { DecryptParameters, KeyWrapper, UnwrapContext, UnwrappedEntry } from './keywrapper.js';
 
 export interface KeyProviderWrapperOptions {
@@ -54,6 +53,8 @@ class KeyProviderWrapper implements KeyWrapper {
     let output: Buffer;
     let prefix: string;
     if (invocation.kind === 'cmd') {
+      // Loaded only when a command provider runs: node:child_process would cost every attestation-agent layer.
+      const { runProviderCommand } = await import('../keyprovider/cmd.js');
       output = await runProviderCommand(invocation, input, {
         timeoutMs: this.opts.timeoutMs,
         signal: ctx.signal,

@@ -146,37 +146,44 @@ describe.skipIf(native === undefined)('the native fd pump', () => {
     closeSync(writer);
   });
 
-  it('runs between non-blocking FIFOs fed and drained by other processes, as containerd runs it', async () => {
-    const plain = randomBytes(5 * 1024 * 1024 + 3);
-    const { ciphertext, opts } = encryptLike(plain);
-    const src = file(ciphertext);
-    const fin = join(dir, `fifo${seq++}`);
-    const fout = join(dir, `fifo${seq++}`);
-    execFileSync('mkfifo', [fin, fout]);
-    // Our ends are non-blocking: reads see EAGAIN until the feeder starts, writes see EAGAIN while the drain lags.
-    const inFd = openSync(fin, constants.O_RDONLY | constants.O_NONBLOCK);
-    const feedEnd = openSync(fin, constants.O_WRONLY);
-    const drainEnd = openSync(fout, constants.O_RDONLY | constants.O_NONBLOCK);
-    const outFd = openSync(fout, constants.O_WRONLY | constants.O_NONBLOCK);
-    const feeder = spawn('sh', ['-c', 'sleep 0.2; exec cat "$1"', 'sh', src], { stdio: ['ignore', feedEnd, 'inherit'] });
-    const drain = spawn('sh', ['-c', 'sleep 0.3; exec cat'], { stdio: [drainEnd, 'pipe', 'inherit'] });
-    closeSync(feedEnd);
-    closeSync(drainEnd);
-    const got: Buffer[] = [];
-    drain.stdout!.on('data', (c: Buffer) => got.push(c));
-    const drained = new Promise((resolve) => drain.once('close', resolve));
-    const d = new LayerDecipher({ ...opts, native });
-    try {
-      expect(await d.decryptFd(inFd, outFd)).toBe(plain.length);
-    } finally {
-      d.dispose();
-      closeSync(inFd);
-      closeSync(outFd);
-    }
-    await drained;
-    await new Promise((resolve) => (feeder.exitCode !== null ? resolve(null) : feeder.once('exit', resolve)));
-    expect(Buffer.concat(got).equals(plain)).toBe(true);
-  });
+  // With and without the ciphertext digest of a looked-up descriptor (hashed in the same loop as the HMAC).
+  it.each([['payload', false], ['looked-up descriptor (ciphertext digest)', true]] as const)(
+    'runs between non-blocking FIFOs fed and drained by other processes, as containerd runs it: %s',
+    async (_name, lookedUp) => {
+      const plain = randomBytes(5 * 1024 * 1024 + 3);
+      const { ciphertext, opts: base } = encryptLike(plain);
+      const opts = lookedUp
+        ? { ...base, cipherDigest: { algorithm: 'sha256' as const, digest: createHash('sha256').update(ciphertext).digest(), size: ciphertext.length } }
+        : base;
+      const src = file(ciphertext);
+      const fin = join(dir, `fifo${seq++}`);
+      const fout = join(dir, `fifo${seq++}`);
+      execFileSync('mkfifo', [fin, fout]);
+      // Our ends are non-blocking: reads see EAGAIN until the feeder starts, writes see EAGAIN while the drain lags.
+      const inFd = openSync(fin, constants.O_RDONLY | constants.O_NONBLOCK);
+      const feedEnd = openSync(fin, constants.O_WRONLY);
+      const drainEnd = openSync(fout, constants.O_RDONLY | constants.O_NONBLOCK);
+      const outFd = openSync(fout, constants.O_WRONLY | constants.O_NONBLOCK);
+      const feeder = spawn('sh', ['-c', 'sleep 0.2; exec cat "$1"', 'sh', src], { stdio: ['ignore', feedEnd, 'inherit'] });
+      const drain = spawn('sh', ['-c', 'sleep 0.3; exec cat'], { stdio: [drainEnd, 'pipe', 'inherit'] });
+      closeSync(feedEnd);
+      closeSync(drainEnd);
+      const got: Buffer[] = [];
+      drain.stdout!.on('data', (c: Buffer) => got.push(c));
+      const drained = new Promise((resolve) => drain.once('close', resolve));
+      const d = new LayerDecipher({ ...opts, native });
+      try {
+        expect(await d.decryptFd(inFd, outFd)).toBe(plain.length);
+      } finally {
+        d.dispose();
+        closeSync(inFd);
+        closeSync(outFd);
+      }
+      await drained;
+      await new Promise((resolve) => (feeder.exitCode !== null ? resolve(null) : feeder.once('exit', resolve)));
+      expect(Buffer.concat(got).equals(plain)).toBe(true);
+    },
+  );
 
   it('is used once: a run after update() is refused', async () => {
     const { ciphertext, opts } = encryptLike(randomBytes(1000));
