@@ -253,15 +253,16 @@ function writeLoader(file) {
     file,
     `'use strict';
 // coco-decoder start-up: the bundle and its build-time trained V8 code cache are SEA assets (see build/build.mjs).
-const { getAsset } = require('node:sea');
+// getRawAsset: views of the executable's own mapping, read-only, no copy (the source is copied once, into V8).
+const { getRawAsset } = require('node:sea');
 const { Script } = require('node:vm');
 let payload = false;
 try {
   payload = !require('node:fs').readlinkSync('/proc/self/fd/3').startsWith('anon_inode:');
 } catch {}
-const script = new Script(Buffer.from(getAsset(${JSON.stringify(BUNDLE_ASSET)})).toString('latin1'), {
+const script = new Script(Buffer.from(getRawAsset(${JSON.stringify(BUNDLE_ASSET)})).toString('latin1'), {
   filename: 'coco-decoder.js',
-  cachedData: Buffer.from(getAsset(payload ? ${JSON.stringify(CACHE_ASSET)} : ${JSON.stringify(LOOKUP_CACHE_ASSET)})),
+  cachedData: Buffer.from(getRawAsset(payload ? ${JSON.stringify(CACHE_ASSET)} : ${JSON.stringify(LOOKUP_CACHE_ASSET)})),
 });
 script.runInThisContext()(exports, require, module, __filename, __dirname);
 `,

@@ -1,17 +1,12 @@
 /**
  * The `jwe` key-wrap scheme (ocicrypt `keywrap/jwe`): the annotation entry is a JWE (general or
- * flattened JSON, or compact) whose plaintext is the privopts JSON. Decryption is delegated to `jose`, with
- * the same algorithm allow-lists as ocicrypt's `jose.ParseEncrypted` call.
+ * flattened JSON, or compact) whose plaintext is the privopts JSON, with the same algorithm allow-lists as
+ * ocicrypt's `jose.ParseEncrypted` call. What ocicrypt itself writes (RSA-OAEP, ECDH-ES+AxxxKW, AES-GCM) is
+ * decrypted with node:crypto directly (jwe-decrypt.ts); anything else by `jose`, loaded only then.
  */
 import type { KeyObject } from 'node:crypto';
-import {
-  compactDecrypt,
-  flattenedDecrypt,
-  generalDecrypt,
-  type DecryptOptions,
-  type FlattenedJWE,
-  type GeneralJWE,
-} from 'jose';
+import type { DecryptOptions, FlattenedJWE, GeneralJWE } from 'jose';
+import { decryptJweDirect, type JweParts } from './jwe-decrypt.js';
 import { DecoderError } from '../../util/errors.js';
 import { parsePrivateKey, UnsupportedPrivateKeyError } from '../keys/private-key.js';
 import { privateKeysOf, type DecryptParameters, type KeyWrapper, type UnwrapContext, type UnwrappedEntry } from './keywrapper.js';
@@ -140,8 +135,44 @@ function kidOf(...headers: Array<Record<string, unknown> | undefined>): string |
   return undefined;
 }
 
+/** The serialization's members in one shape, for jwe-decrypt.ts (exported for tests). */
+export function jweParts(parsed: ParsedJwe): JweParts {
+  if (parsed.form === 'compact') {
+    const [protectedB64, encryptedKey, iv, ciphertext, tag] = parsed.jwe.split('.') as [string, string, string, string, string];
+    return {
+      protectedB64,
+      protectedHeader: decodeProtectedHeader(protectedB64),
+      sharedUnprotected: undefined,
+      recipients: [{ header: undefined, encryptedKey: encryptedKey === '' ? undefined : encryptedKey }],
+      iv,
+      ciphertext,
+      tag,
+      aad: undefined,
+    };
+  }
+  const jwe = parsed.jwe;
+  const recipients =
+    parsed.form === 'general'
+      ? parsed.jwe.recipients.map((r) => ({ header: r.header as Record<string, unknown> | undefined, encryptedKey: r.encrypted_key }))
+      : [{ header: parsed.jwe.header as Record<string, unknown> | undefined, encryptedKey: parsed.jwe.encrypted_key }];
+  return {
+    protectedB64: jwe.protected ?? '',
+    protectedHeader: decodeProtectedHeader(jwe.protected),
+    sharedUnprotected: jwe.unprotected as Record<string, unknown> | undefined,
+    recipients,
+    iv: jwe.iv ?? '',
+    ciphertext: jwe.ciphertext,
+    tag: jwe.tag ?? '',
+    aad: jwe.aad,
+  };
+}
+
 /** Tries one key against every recipient; undefined when none of them accepts it. */
 async function tryKey(parsed: ParsedJwe, key: KeyObject): Promise<Decrypted | undefined> {
+  const direct = decryptJweDirect(jweParts(parsed), key);
+  if (direct.kind === 'decrypted') return { plaintext: direct.plaintext, kid: direct.kid };
+  if (direct.kind === 'not-for-key') return undefined;
+  const { compactDecrypt, flattenedDecrypt, generalDecrypt } = await import('jose');
   try {
     switch (parsed.form) {
       case 'general': {
