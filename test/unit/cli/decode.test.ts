@@ -362,34 +362,6 @@ describe('keys-free layers through a key provider (toy identity wrap)', () => {
     expect(r.stdout.equals(readFileSync(join(V131, 'layer.tar.gz')))).toBe(true);
   });
 
-  it('streams a multi-MiB layer exactly; truncation is an error with the tail withheld', async () => {
-    const plaintext = randomBytes(3 * 1024 * 1024 + 7);
-    const { ciphertext, descriptor } = toyLayer(plaintext, 'application/vnd.oci.image.layer.v1.tar+encrypted');
-    const ok = await runCli([], { fd3: payloadFor(descriptor), stdin: ciphertext, env: toyEnv });
-    expect(ok.stderr).toBe('');
-    expect(ok.stdout.equals(plaintext)).toBe(true);
-
-    const cut = await runCli([], { fd3: payloadFor(descriptor), stdin: ciphertext.subarray(0, ciphertext.length - 1), env: toyEnv });
-    expect(oneErrorLine(cut)).toMatch(/could not properly decrypt byte stream/);
-    expect(cut.stdout.length).toBeLessThanOrEqual(plaintext.length - 64 * 1024);
-    expect(cut.stdout.equals(plaintext.subarray(0, cut.stdout.length))).toBe(true);
-  });
-
-  it('waits for a slow reader (backpressure) and still delivers the exact layer', async () => {
-    const plaintext = randomBytes(6 * 1024 * 1024);
-    const { ciphertext, descriptor } = toyLayer(plaintext);
-    const r = await runCli([], { fd3: payloadFor(descriptor), stdin: ciphertext, env: toyEnv, stallStdoutMs: 1500 });
-    expect(r.stderr).toBe('');
-    expect(r.code).toBe(0);
-    expect(r.stdout.equals(plaintext)).toBe(true);
-  });
-
-  it('exits 1 with a one-line error when the reader closes stdout (EPIPE)', async () => {
-    const { ciphertext, descriptor } = toyLayer(randomBytes(8 * 1024 * 1024));
-    const r = await runCli([], { fd3: payloadFor(descriptor), stdin: ciphertext, env: toyEnv, closeStdoutAfter: 1 });
-    expect(oneErrorLine(r)).toMatch(/^coco-decoder: layer sha256:0{64}: could not copy data: write output: .*EPIPE/);
-  });
-
   it('honours --config: the config is read for key-provider layers only', async () => {
     const bad = join(tmp, 'bad.toml');
     writeFileSync(bad, '[nonsense]\n');
@@ -406,4 +378,39 @@ describe('keys-free layers through a key provider (toy identity wrap)', () => {
     expect(jwe.stderr).toBe('');
     expect(jwe.code).toBe(0);
   });
+});
+
+// Both copy paths of stdin to stdout: the addon's fd pump (what runs whenever the addon loads) and the Node-stream
+// fallback with node:crypto (no addon, or COCO_DECODER_NATIVE_CIPHER=0), each through real pipes.
+describe.each([
+  ['the native fd pump', {}],
+  ['node:crypto and Node streams (COCO_DECODER_NATIVE_CIPHER=0)', { COCO_DECODER_NATIVE_CIPHER: '0' }],
+] as const)('streaming a layer: %s', (_name, cipherEnv) => {
+    it('streams a multi-MiB layer exactly; truncation is an error with the tail withheld', async () => {
+      const plaintext = randomBytes(3 * 1024 * 1024 + 7);
+      const { ciphertext, descriptor } = toyLayer(plaintext, 'application/vnd.oci.image.layer.v1.tar+encrypted');
+      const ok = await runCli([], { fd3: payloadFor(descriptor), stdin: ciphertext, env: { ...toyEnv, ...cipherEnv } });
+      expect(ok.stderr).toBe('');
+      expect(ok.stdout.equals(plaintext)).toBe(true);
+
+      const cut = await runCli([], { fd3: payloadFor(descriptor), stdin: ciphertext.subarray(0, ciphertext.length - 1), env: { ...toyEnv, ...cipherEnv } });
+      expect(oneErrorLine(cut)).toMatch(/could not properly decrypt byte stream/);
+      expect(cut.stdout.length).toBeLessThanOrEqual(plaintext.length - 64 * 1024);
+      expect(cut.stdout.equals(plaintext.subarray(0, cut.stdout.length))).toBe(true);
+    });
+
+    it('waits for a slow reader (backpressure) and still delivers the exact layer', async () => {
+      const plaintext = randomBytes(6 * 1024 * 1024);
+      const { ciphertext, descriptor } = toyLayer(plaintext);
+      const r = await runCli([], { fd3: payloadFor(descriptor), stdin: ciphertext, env: { ...toyEnv, ...cipherEnv }, stallStdoutMs: 1500 });
+      expect(r.stderr).toBe('');
+      expect(r.code).toBe(0);
+      expect(r.stdout.equals(plaintext)).toBe(true);
+    });
+
+    it('exits 1 with a one-line error when the reader closes stdout (EPIPE)', async () => {
+      const { ciphertext, descriptor } = toyLayer(randomBytes(8 * 1024 * 1024));
+      const r = await runCli([], { fd3: payloadFor(descriptor), stdin: ciphertext, env: { ...toyEnv, ...cipherEnv }, closeStdoutAfter: 1 });
+      expect(oneErrorLine(r)).toMatch(/^coco-decoder: layer sha256:0{64}: could not copy data: write output: .*EPIPE/);
+    });
 });
