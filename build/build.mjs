@@ -245,7 +245,7 @@ function wrapForLoader(bundleFile, outFile) {
  * The SEA main of the trained mode: compiles the embedded bundle with the trained code cache and runs it with the
  * SEA's own require (built-in modules only, as for any SEA main). A rejected cache only means a slower start.
  * Two caches, because a cache costs start-up in proportion to its size: one trained with containerd's fd-3
- * payload, one on the payload-less path, which also compiles @grpc/grpc-js (twice the size). fd 3 decides, the
+ * payload, one on the payload-less path, which also compiles the containerd client and node:http2 use. fd 3 decides, the
  * way streamprocessor/fd3.ts does: libuv's own descriptor there (anon_inode) or nothing means no payload.
  */
 function writeLoader(file) {
@@ -275,8 +275,8 @@ script.runInThisContext()(exports, require, module, __filename, __dirname);
  * directory), and writes V8's code cache at exit, when every function of that path has been compiled. The fd-3
  * payload is containerd 1.6.20's for that layer; with `lookup`, the same payload with the key annotations left out,
  * so that run takes both paths: the payload is read and decoded, then the descriptor is looked up over gRPC in a
- * stand-in for containerd's content store (training-containerd.mjs), then the layer is decrypted (loading and
- * compiling @grpc/grpc-js is most of what the lookup costs per layer). The cache is then checked to be accepted by
+ * stand-in for containerd's content store (training-containerd.mjs), then the layer is decrypted. The cache is then
+ * checked to be accepted by
  * a fresh pinned node.
  */
 async function trainCodeCache(wrappedFile, cacheFile, { lookup }) {

@@ -2,7 +2,8 @@
  * A stand-in for containerd's content API during the code-cache training run (build.mjs `trainCodeCache`): it
  * serves one namespace holding the fixture image, so that the trained run takes the payload-less path too
  * (fd-3 payload without key annotations → content-store lookup over gRPC → decrypt) and V8's cache holds
- * @grpc/grpc-js and the lookup compiled. Build tooling only, on a Unix socket in the build's work dir; the
+ * the lookup and its gRPC channel compiled. It is served by @grpc/grpc-js, a gRPC implementation other than our
+ * client's (src/containerd/grpc-channel.ts). Build tooling only, on a Unix socket in the build's work dir; the
  * E2E suite checks the real thing against real containerd.
  */
 import { createRequire } from 'node:module';

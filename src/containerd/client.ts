@@ -1,15 +1,15 @@
 /**
  * A read-only client for the few containerd API calls the content-store lookup needs (`proto/`), over containerd's
- * Unix socket with @grpc/grpc-js and the hand-written codec in `messages.ts`. Every call shares one deadline (the
- * lookup's budget) and the caller's abort signal; answers are size-bounded. Failures become one-line
- * ContainerdError messages that name the socket, never raw daemon bytes beyond a quoted, truncated detail.
+ * Unix socket with our own gRPC channel on node:http2 (`grpc-channel.ts`) and the hand-written codec in
+ * `messages.ts`. Every call shares one deadline (the lookup's budget) and the caller's abort signal; answers are
+ * size-bounded. Failures become one-line ContainerdError messages that name the socket, never raw daemon bytes
+ * beyond a quoted, truncated detail.
  */
 import { statSync } from 'node:fs';
-import type { GrpcJs } from '../util/grpc-module.js';
-import { loadGrpc } from '../util/grpc-module.js';
 import { DecoderError } from '../util/errors.js';
 import { quoteUntrusted } from '../util/quote.js';
 import type { ContainerdAddress } from './address.js';
+import { GrpcCallError, GrpcStatus, grpcStatusName, openChannel } from './grpc-channel.js';
 import {
   METHODS,
   decodeListContentResponse,
@@ -65,102 +65,54 @@ function checkSocket(address: ContainerdAddress): void {
 
 export async function connectContainerd(address: ContainerdAddress, opts: ConnectOptions): Promise<ContentSource> {
   checkSocket(address);
-  const grpc = await loadGrpc();
-  const client = new grpc.Client(`unix:${address.path}`, grpc.credentials.createInsecure(), {
-    'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
-    'grpc.max_send_message_length': 1024 * 1024,
-    // One connection, no reconnect storms: a lookup is a handful of calls within seconds.
-    'grpc.enable_retries': 0,
-  });
+  const channel = openChannel(address.path, { deadline: opts.deadline, signal: opts.signal, maxMessageBytes: MAX_MESSAGE_BYTES });
   const where = `containerd at ${address.path} (${address.source})`;
 
-  const metadata = (ns: string | undefined): GrpcJs.Metadata => {
-    const md = new grpc.Metadata();
-    if (ns !== undefined) md.set(NAMESPACE_HEADER, ns);
-    return md;
-  };
+  const metadata = (ns: string | undefined): Record<string, string> => (ns === undefined ? {} : { [NAMESPACE_HEADER]: ns });
 
-  const fail = (method: string, err: GrpcJs.ServiceError): ContainerdError => {
-    if (err.code === grpc.status.CANCELLED && opts.signal?.aborted) {
+  const fail = (method: string, err: unknown): ContainerdError => {
+    if (err instanceof ContainerdError) return err;
+    if (!(err instanceof GrpcCallError)) return new ContainerdError(`${where}: ${method}: malformed answer: ${(err as Error).message}`);
+    if (err.code === GrpcStatus.CANCELLED && opts.signal?.aborted) {
       const reason = opts.signal.reason instanceof Error ? opts.signal.reason.message : 'cancelled';
       return new ContainerdError(`${where}: ${method}: aborted (${reason})`);
     }
-    if (err.code === grpc.status.DEADLINE_EXCEEDED) return new ContainerdError(`${where}: ${method}: no answer within the lookup deadline`);
-    const details = err.details ?? '';
-    if (/EACCES|EPERM/.test(details)) {
+    if (err.code === GrpcStatus.DEADLINE_EXCEEDED) return new ContainerdError(`${where}: ${method}: no answer within the lookup deadline`);
+    if (/EACCES|EPERM/.test(err.details)) {
       return new ContainerdError(`${where}: permission denied on the socket (the decoder runs as containerd's user, normally root)`);
     }
-    if (err.code === grpc.status.UNAVAILABLE) {
-      return new ContainerdError(`${where}: unreachable: ${quoteUntrusted(details.replace(/^No connection established\. Last error: /, ''), 160)}`);
+    if (err.code === GrpcStatus.UNAVAILABLE) return new ContainerdError(`${where}: unreachable: ${quoteUntrusted(err.details, 160)}`);
+    return new ContainerdError(`${where}: ${method}: ${grpcStatusName(err.code)}: ${quoteUntrusted(err.details, 160)}`);
+  };
+
+  async function unary<Res>(method: string, req: Buffer, decode: (b: Buffer) => Res, ns?: string): Promise<Res> {
+    let answer: Buffer | undefined;
+    try {
+      await channel.call(method, req, metadata(ns), (m) => {
+        if (answer !== undefined) throw new ContainerdError(`${where}: ${method}: more than one answer to a unary call`);
+        answer = Buffer.from(m);
+        return true;
+      });
+    } catch (err) {
+      throw fail(method, err);
     }
-    const name = grpc.status[err.code] ?? String(err.code);
-    return new ContainerdError(`${where}: ${method}: ${name}: ${quoteUntrusted(details, 160)}`);
-  };
-
-  const withAbort = <T extends { cancel(): void }>(call: T): T => {
-    const onAbort = (): void => call.cancel();
-    if (opts.signal?.aborted) onAbort();
-    else opts.signal?.addEventListener('abort', onAbort, { once: true });
-    return call;
-  };
-
-  function unary<Res>(method: string, req: Buffer, decode: (b: Buffer) => Res, ns?: string): Promise<Res> {
-    return new Promise<Res>((resolve, reject) => {
-      withAbort(
-        client.makeUnaryRequest<Buffer, Buffer>(
-          method,
-          (b) => b,
-          (b) => b,
-          req,
-          metadata(ns),
-          { deadline: opts.deadline },
-          (err, value) => {
-            if (err) return reject(fail(method, err));
-            try {
-              resolve(decode(value ?? Buffer.alloc(0)));
-            } catch (e) {
-              reject(new ContainerdError(`${where}: ${method}: malformed answer: ${(e as Error).message}`));
-            }
-          },
-        ),
-      );
-    });
+    if (answer === undefined) throw new ContainerdError(`${where}: ${method}: no answer message`);
+    try {
+      return decode(answer);
+    } catch (e) {
+      throw new ContainerdError(`${where}: ${method}: malformed answer: ${(e as Error).message}`);
+    }
   }
 
-  /** A server stream, each message decoded and handed to `onMessage`, which may return false to stop early. */
-  function stream(method: string, req: Buffer, ns: string, onMessage: (b: Buffer) => boolean): Promise<'done' | 'not-found'> {
-    return new Promise((resolve, reject) => {
-      let settled = false;
-      const call = withAbort(client.makeServerStreamRequest<Buffer, Buffer>(method, (b) => b, (b) => b, req, metadata(ns), { deadline: opts.deadline }));
-      call.on('data', (msg: Buffer) => {
-        if (settled) return;
-        let more: boolean;
-        try {
-          more = onMessage(msg);
-        } catch (e) {
-          settled = true;
-          call.cancel();
-          reject(e instanceof ContainerdError ? e : new ContainerdError(`${where}: ${method}: malformed answer: ${(e as Error).message}`));
-          return;
-        }
-        if (!more) {
-          settled = true;
-          call.cancel();
-          resolve('done');
-        }
-      });
-      call.on('error', (err: GrpcJs.ServiceError) => {
-        if (settled) return;
-        settled = true;
-        if (err.code === grpc.status.NOT_FOUND) resolve('not-found');
-        else reject(fail(method, err));
-      });
-      call.on('end', () => {
-        if (settled) return;
-        settled = true;
-        resolve('done');
-      });
-    });
+  /** A server stream, each message handed to `onMessage`, which may return false to stop early. */
+  async function stream(method: string, req: Buffer, ns: string, onMessage: (b: Buffer) => boolean): Promise<'done' | 'not-found'> {
+    try {
+      await channel.call(method, req, metadata(ns), onMessage);
+      return 'done';
+    } catch (err) {
+      if (err instanceof GrpcCallError && err.code === GrpcStatus.NOT_FOUND) return 'not-found';
+      throw fail(method, err);
+    }
   }
 
   return {
@@ -188,6 +140,6 @@ export async function connectContainerd(address: ContainerdAddress, opts: Connec
       });
       return result === 'not-found' ? undefined : Buffer.concat(parts, total);
     },
-    close: () => client.close(),
+    close: () => channel.close(),
   };
 }

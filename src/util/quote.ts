@@ -1,12 +1,13 @@
 /**
  * Text from the registry, the network or the host, made safe to show: quoted, truncated, and with no control
- * character (C0, DEL, C1, line/paragraph separators) left raw, so it cannot forge a second log line, move the
- * cursor or retitle a terminal (`ESC ] 0 ; … BEL`) in `kubectl describe`, a journal or an audit log.
+ * character (C0, DEL, C1, line/paragraph separators, bidirectional controls) left raw, so it cannot forge a second
+ * log line, move the cursor, retitle a terminal (`ESC ] 0 ; … BEL`) or reorder what a reader sees (U+202E) in
+ * `kubectl describe`, a journal or an audit log.
  */
 
-/** C0 (but tab), DEL, C1, U+2028/U+2029. */
+/** C0 (but tab), DEL, C1, U+2028/U+2029, and the bidirectional controls (ALM, LRM/RLM, LRE…RLO, LRI…PDI). */
 // eslint-disable-next-line no-control-regex
-const CONTROL_RE = /[\u0000-\u0008\u000a-\u001f\u007f-\u009f\u2028\u2029]/g;
+const CONTROL_RE = /[\u0000-\u0008\u000a-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]/g;
 
 const escapeControl = (c: string): string => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`;
 

@@ -7,6 +7,14 @@ describe('quoting untrusted text', () => {
     expect(withoutControlChars('plain: ünïcödé ✓')).toBe('plain: ünïcödé ✓');
   });
 
+  it('escapes the bidirectional controls that would reorder what a reader sees (Trojan Source)', () => {
+    expect(withoutControlChars('layer \u202edeggat\u202c ok \u2066x\u2069 \u200e\u200f\u061c')).toBe(
+      'layer \\u202edeggat\\u202c ok \\u2066x\\u2069 \\u200e\\u200f\\u061c',
+    );
+    expect(quoteUntrusted('a\u202eb')).toBe('"a\\u202eb"');
+    expect(withoutControlChars('עברית and العربية')).toBe('עברית and العربية'); // right-to-left text itself stays
+  });
+
   it('JSON-quotes strings, truncates to max characters with an ellipsis, never splits a surrogate pair', () => {
     expect(quoteUntrusted('x"y\n')).toBe('"x\\"y\\n"');
     expect(quoteUntrusted('a'.repeat(10), 4)).toBe('"aaaa…"');
