@@ -31,8 +31,9 @@
 import { execFileSync, spawn } from 'node:child_process';
 import { createRequire } from 'node:module';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const DIST = path.join(ROOT, 'dist');
@@ -271,15 +272,21 @@ script.runInThisContext()(exports, require, module, __filename, __dirname);
 
 /**
  * The training run: the pinned node runs the wrapped bundle exactly as the loader will (same source, same file
- * name) on a real layer through the stream-processor contract (ciphertext on a stdin pipe, the fixture keys
- * directory), and writes V8's code cache at exit, when every function of that path has been compiled. The fd-3
- * payload is containerd 1.6.20's for that layer; with `lookup`, the same payload with the key annotations left out,
- * so that run takes both paths: the payload is read and decoded, then the descriptor is looked up over gRPC in a
- * stand-in for containerd's content store (training-containerd.mjs), then the layer is decrypted. The cache is then
- * checked to be accepted by
- * a fresh pinned node.
+ * name) on real layers through the stream-processor contract (ciphertext on stdin, the payload on fd 3), and writes
+ * V8's code cache at exit, when every function of those paths has been compiled. One process decodes several
+ * layers in turn (the trainer reopens fds 0 and 3 between them and runs the bundle again: its functions are the
+ * same, so the cache holds all of them):
+ *  - payload cache: the fixture JWE layer with containerd 1.6.20's fd-3 payload and the fixture keys directory;
+ *    then an attestation-agent layer twice against the repository's test KBS (test/kbs/server.ts, faithful to
+ *    trustee; loaded through tsx at build time), first with an empty token cache (the attesting path), then warm
+ *    (the main path: a cached token, one resource GET);
+ *  - lookup cache: the fixture payload with its key annotations left out, so the run takes both paths: the
+ *    payload is read and decoded, the descriptor is looked up over gRPC in a stand-in for containerd's content
+ *    store (training-containerd.mjs), then the layer is decrypted.
+ * Every run must succeed, and the KBS must have seen one attestation and two resource requests. The cache is then
+ * checked to be accepted by a fresh pinned node.
  */
-async function trainCodeCache(wrappedFile, cacheFile, { lookup }) {
+async function trainCodeCache(wrappedFile, cacheFile, { lookup, addon }) {
   const fixtures = path.join(ROOT, 'test', 'fixtures', 'ocicrypt');
   const payloadFile = path.join(fixtures, 'containerd-1.6.20-payload-enc-jwe-rsa.bin');
   const keysDir = path.join(fixtures, 'keys');
@@ -292,58 +299,69 @@ async function trainCodeCache(wrappedFile, cacheFile, { lookup }) {
   const m = /"Descriptor":\{"mediaType":"([^"]+)","digest":"sha256:([0-9a-f]{64})"/.exec(payload.toString('latin1'));
   if (!m) throw new BuildError(`${path.relative(ROOT, payloadFile)}: no layer descriptor found`);
   const blobDir = path.join(fixtures, 'enc-jwe-rsa', 'blobs', 'sha256');
-  const layer = fs.readFileSync(path.join(blobDir, m[2]));
+  const layerFile = path.join(blobDir, m[2]);
+  const layer = fs.readFileSync(layerFile);
   const manifestDigest = JSON.parse(fs.readFileSync(path.join(fixtures, 'enc-jwe-rsa', 'index.json'), 'utf8')).manifests[0].digest;
   const blobs = new Map(fs.readdirSync(blobDir).map((hex) => [`sha256:${hex}`, fs.readFileSync(path.join(blobDir, hex))]));
-  // The same payload without the layer's annotations (containerd's shape: Any{type_url, value = Go JSON}).
-  const json = Buffer.from(JSON.stringify({ DecryptConfig: { Parameters: null }, Descriptor: { mediaType: m[1], digest: `sha256:${m[2]}`, size: layer.length } }));
-  const typeUrl = Buffer.from('io.containerd.ocicrypt.v1.Payload');
-  const lenVarint = (n) => (n < 128 ? Buffer.from([n]) : Buffer.from([(n & 0x7f) | 0x80, n >> 7]));
-  const bare = Buffer.concat([Buffer.from([0x0a]), lenVarint(typeUrl.length), typeUrl, Buffer.from([0x12]), lenVarint(json.length), json]);
-  const socket = path.join(WORK, 'training-containerd.sock');
-  fs.rmSync(socket, { force: true });
-  const { startTrainingContainerd } = await import('./training-containerd.mjs');
-  const stopContainerd = lookup ? await startTrainingContainerd(socket, { blobs, manifest: manifestDigest, layer: `sha256:${m[2]}` }) : async () => {};
-  const trainer = path.join(WORK, 'train.cjs');
-  fs.writeFileSync(
-    trainer,
-    `'use strict';
-const fs = require('node:fs');
-const { Script } = require('node:vm');
-const [src, out] = process.argv.splice(2, 2);
-const script = new Script(fs.readFileSync(src, 'latin1'), { filename: 'coco-decoder.js' });
-process.on('exit', (code) => { if (code === 0) fs.writeFileSync(out, script.createCachedData()); });
-process.argv[1] = process.argv[0]; // as in a SEA: [exe, exe, ...args]
-script.runInThisContext()(exports, require, module, __filename, __dirname);
-`,
-  );
-  fs.rmSync(cacheFile, { force: true });
-  const env = { PATH: process.env.PATH ?? '/usr/bin:/bin', STREAM_PROCESSOR_MEDIATYPE: m[1], ...(lookup ? { CONTAINERD_ADDRESS: socket } : {}) };
-  const result = await new Promise((resolve, reject) => {
-    // With the shipped config, as installed packages run: its TOML parsing and validation are trained too.
-    const args = [trainer, wrappedFile, cacheFile, '--decryption-keys-path', keysDir, '--config', SHIPPED_CONFIG];
-    const child = spawn(PINNED_NODE, args, {
-      cwd: WORK,
-      env,
-      stdio: ['pipe', 'ignore', 'pipe', 'pipe'],
+  // In the temp dir: a Unix socket path must stay short, whatever the checkout's path.
+  const runDir = fs.mkdtempSync(path.join(os.tmpdir(), 'coco-decoder-train-'));
+  const stops = [];
+  let checkKbs = () => {};
+  try {
+    const runs = [];
+    const socket = path.join(runDir, 'containerd.sock');
+    if (lookup) {
+      // The same payload without the layer's annotations (containerd's shape: Any{type_url, value = Go JSON}).
+      const json = Buffer.from(JSON.stringify({ DecryptConfig: { Parameters: null }, Descriptor: { mediaType: m[1], digest: `sha256:${m[2]}`, size: layer.length } }));
+      const typeUrl = Buffer.from('io.containerd.ocicrypt.v1.Payload');
+      const lenVarint = (n) => (n < 128 ? Buffer.from([n]) : Buffer.from([(n & 0x7f) | 0x80, n >> 7]));
+      const bare = path.join(runDir, 'bare-payload.bin');
+      fs.writeFileSync(bare, Buffer.concat([Buffer.from([0x0a]), lenVarint(typeUrl.length), typeUrl, Buffer.from([0x12]), lenVarint(json.length), json]));
+      const { startTrainingContainerd } = await import('./training-containerd.mjs');
+      stops.push(await startTrainingContainerd(socket, { blobs, manifest: manifestDigest, layer: `sha256:${m[2]}` }));
+      // With the shipped config, as installed packages run: its TOML parsing and validation are trained too.
+      runs.push({ argv: ['--decryption-keys-path', keysDir, '--config', SHIPPED_CONFIG], env: { STREAM_PROCESSOR_MEDIATYPE: m[1], CONTAINERD_ADDRESS: socket }, stdin: layerFile, payload: bare });
+    } else {
+      runs.push({ argv: ['--decryption-keys-path', keysDir, '--config', SHIPPED_CONFIG], env: { STREAM_PROCESSOR_MEDIATYPE: m[1] }, stdin: layerFile, payload: payloadFile });
+    }
+    // Without the addon the layer is copied through a Node stream on fd 0, which closes it: one run only then.
+    if (!lookup && addon !== undefined) {
+      const aa = await attestationAgentTraining(runDir);
+      stops.push(aa.stop);
+      runs.push(aa.run, aa.run);
+      checkKbs = aa.check;
+    }
+    const plan = path.join(runDir, 'plan.json');
+    fs.writeFileSync(plan, JSON.stringify(runs));
+    const trainer = path.join(WORK, 'train.cjs');
+    fs.writeFileSync(trainer, TRAINER);
+    fs.rmSync(cacheFile, { force: true });
+    const result = await new Promise((resolve, reject) => {
+      const fd0 = fs.openSync(runs[0].stdin, 'r');
+      const fd3 = fs.openSync(runs[0].payload, 'r');
+      const child = spawn(PINNED_NODE, [trainer, wrappedFile, cacheFile, plan, addon ?? ''], {
+        cwd: WORK,
+        env: { PATH: process.env.PATH ?? '/usr/bin:/bin' },
+        stdio: [fd0, 'ignore', 'pipe', fd3],
+      });
+      fs.closeSync(fd0);
+      fs.closeSync(fd3);
+      const timer = setTimeout(() => child.kill('SIGKILL'), 120_000);
+      let stderr = '';
+      child.stderr.on('data', (c) => (stderr += c));
+      child.on('error', reject);
+      child.on('close', (code, signal) => {
+        clearTimeout(timer);
+        resolve({ code, signal, stderr });
+      });
     });
-    const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
-    let stderr = '';
-    child.stderr.on('data', (c) => (stderr += c));
-    child.on('error', reject);
-    child.stdio[3].on('error', () => {}); // a decoder that fails early closes fd 3: its exit status tells
-    child.stdin.on('error', () => {});
-    child.stdio[3].end(lookup ? bare : payload);
-    child.stdin.end(layer);
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code, signal, stderr });
-    });
-  });
-  await stopContainerd();
-  fs.rmSync(socket, { force: true });
-  if (result.code !== 0 || !fs.existsSync(cacheFile)) {
-    throw new BuildError(`code-cache training run failed (${result.signal ?? `exit ${result.code}`}): ${result.stderr.trim()}`);
+    if (result.code !== 0 || !fs.existsSync(cacheFile)) {
+      throw new BuildError(`code-cache training run failed (${result.signal ?? `exit ${result.code}`}): ${result.stderr.trim()}`);
+    }
+    checkKbs();
+  } finally {
+    for (const stop of stops) await stop();
+    fs.rmSync(runDir, { recursive: true, force: true });
   }
   const check = run(PINNED_NODE, [
     '-e',
@@ -354,6 +372,104 @@ script.runInThisContext()(exports, require, module, __filename, __dirname);
     cacheFile,
   ]);
   if (check !== 'false') throw new BuildError('V8 rejects the trained code cache (cachedDataRejected)');
+}
+
+/**
+ * The trainer (dist/sea/train.cjs): runs the wrapped bundle once per planned layer in this one process. fd 0 and
+ * fd 3 of the first come from the build; for the next, fd 0 is closed and reopened (the lowest free descriptor),
+ * and fd 3, which the decoder closes after reading a payload file, is reopened the same way; the numbers are
+ * checked. `node:sea` is answered as in the executable (the addon as its asset). The cache is written at exit only
+ * when every run succeeded.
+ */
+const TRAINER = `'use strict';
+const fs = require('node:fs');
+const { Script } = require('node:vm');
+const [src, out, planFile, addon] = process.argv.splice(2, 4);
+const plan = JSON.parse(fs.readFileSync(planFile, 'utf8'));
+const script = new Script(fs.readFileSync(src, 'latin1'), { filename: 'coco-decoder.js' });
+// As in the executable: node:sea says it is one and holds the addon as its asset, so the layers take the paths
+// they take there (the addon's cipher and pump, loaded from the SEA asset) and those are what gets compiled.
+const sea = {
+  isSea: () => addon !== '',
+  getAsset: (key) => { if (key !== 'tee.node' || addon === '') throw new Error('no asset ' + key); const b = fs.readFileSync(addon); return b.buffer.slice(b.byteOffset, b.byteOffset + b.length); },
+};
+sea.getRawAsset = sea.getAsset;
+const seaRequire = (id) => (id === 'node:sea' ? sea : require(id));
+const exe = process.argv[0];
+let done = false;
+process.on('exit', () => { if (done) fs.writeFileSync(out, script.createCachedData()); });
+const reopen = (fd, file) => {
+  if (fd === 0) fs.closeSync(0);
+  const got = fs.openSync(file, 'r');
+  if (got !== fd) throw new Error('training: ' + file + ' opened as fd ' + got + ', not ' + fd);
+};
+const base = { ...process.env };
+(async () => {
+  for (let i = 0; i < plan.length; i++) {
+    const r = plan[i];
+    if (i > 0) {
+      reopen(0, r.stdin);
+      reopen(3, r.payload);
+    }
+    for (const k of Object.keys(process.env)) if (!(k in base)) delete process.env[k];
+    Object.assign(process.env, r.env);
+    process.argv = [exe, exe, ...r.argv]; // as in a SEA: [exe, exe, ...args]
+    process.exitCode = undefined;
+    script.runInThisContext()(exports, seaRequire, module, __filename, __dirname);
+    for (let t = 0; process.exitCode === undefined; t++) {
+      if (t > 6000) throw new Error('training: run ' + i + ' did not finish within 60 s');
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    if (process.exitCode !== 0) throw new Error('training: run ' + i + ' exited ' + process.exitCode);
+  }
+  done = true;
+  process.exitCode = 0;
+})().catch((err) => {
+  process.stderr.write(String(err && err.message) + '\\n');
+  process.exitCode = 1;
+});
+`;
+
+/**
+ * An attestation-agent layer and a KBS for it: the repository's test KBS (faithful to trustee's RCAR protocol)
+ * and image helpers, loaded through tsx (build tooling only: nothing of test/ enters the executable).
+ */
+async function attestationAgentTraining(runDir) {
+  const { tsImport } = await import('tsx/esm/api');
+  const load = (rel) => tsImport(pathToFileURL(path.join(ROOT, rel)).href, import.meta.url);
+  const [{ startTestKbs }, { buildImage }, { encryptImage, aaRecipient }, { encodePayload }] = await Promise.all([
+    load('test/kbs/server.ts'),
+    load('test/helpers/oci-image.ts'),
+    load('test/helpers/encrypt-image.ts'),
+    load('test/helpers/payload.ts'),
+  ]);
+  const imageDir = path.join(runDir, 'aa-image');
+  await buildImage(imageDir, { tag: 'train', layers: [{ 'etc/training.txt': Buffer.alloc(4096, 't') }] });
+  const enc = await encryptImage(imageDir, { tag: 'train', recipients: [aaRecipient('training')] });
+  const aaLayer = enc.layers[0];
+  const payload = path.join(runDir, 'aa-payload.bin');
+  fs.writeFileSync(payload, encodePayload(aaLayer.encrypted));
+  const kbs = await startTestKbs({ resources: enc.kbsResources });
+  const cacheDir = path.join(runDir, 'token-cache');
+  fs.mkdirSync(cacheDir, { mode: 0o700 });
+  // The shipped config with what this KBS needs filled into its (empty) sections.
+  const config = fs
+    .readFileSync(SHIPPED_CONFIG, 'utf8')
+    .replace(/^\[kbs\]$/m, `[kbs]\nurl = "${kbs.url}"\nallow_http = true`)
+    .replace(/^\[attestation\]$/m, '[attestation]\ntee = "sample"')
+    .replace(/^\[cache\]$/m, `[cache]\ndir = "${cacheDir}"`);
+  const configFile = path.join(runDir, 'aa.toml');
+  fs.writeFileSync(configFile, config);
+  return {
+    run: { argv: ['--config', configFile], env: { STREAM_PROCESSOR_MEDIATYPE: aaLayer.encrypted.mediaType }, stdin: aaLayer.blobPath, payload },
+    check: () => {
+      const c = kbs.counters;
+      if (c.attestOk !== 1 || c.resourceOk !== 2) {
+        throw new BuildError(`code-cache training: expected one attestation and two resource fetches, the KBS saw ${JSON.stringify(c)}`);
+      }
+    },
+    stop: () => kbs.stop(),
+  };
 }
 
 /**
@@ -438,8 +554,8 @@ async function main() {
     cacheFile = path.join(WORK, CACHE_ASSET);
     const lookupCacheFile = path.join(WORK, LOOKUP_CACHE_ASSET);
     wrapForLoader(bundleFile, wrapped);
-    await trainCodeCache(wrapped, cacheFile, { lookup: false });
-    await trainCodeCache(wrapped, lookupCacheFile, { lookup: true });
+    await trainCodeCache(wrapped, cacheFile, { lookup: false, addon });
+    await trainCodeCache(wrapped, lookupCacheFile, { lookup: true, addon });
     seaMain = path.join(WORK, 'loader.cjs');
     writeLoader(seaMain);
     Object.assign(assets, { [BUNDLE_ASSET]: wrapped, [CACHE_ASSET]: cacheFile, [LOOKUP_CACHE_ASSET]: lookupCacheFile });
