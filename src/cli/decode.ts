@@ -175,7 +175,8 @@ async function layerCandidates(
   const probe = probePayloadFd();
   let payload: DecoderPayload | undefined;
   if (probe.present) {
-    const payloadBytes = await readPayloadFd({ probe, readPipe: probe.present && probe.kind !== 'file' ? await p.nativePipeReader() : undefined });
+    const readPipe = probe.kind === 'file' ? undefined : await p.nativePipeReader();
+    const payloadBytes = await readPayloadFd({ probe, readPipe });
     payload = decodePayload(payloadBytes);
     payloadBytes.fill(0); // ctr-enc payloads carry private keys
     if (layerKeySchemes(payload.descriptor.annotations).length > 0) {

@@ -102,10 +102,15 @@ export type PipeReadFailure = { reason: 'timeout' | 'too-large' } | { reason: 'e
 export type PipeReader = (fd: number, maxBytes: number, timeoutMs: number) => Promise<Buffer | PipeReadFailure>;
 
 /** The one wording of each way a payload pipe read fails, whichever reader ran. */
-export function pipeReadError(f: PipeReadFailure, maxBytes: number, timeoutMs: number): DecoderError {
-  if (f.reason === 'timeout') return new DecoderError(`no EOF on fd 3 within ${timeoutMs} ms; not a containerd payload pipe`, { stage: STAGE });
-  if (f.reason === 'too-large') return tooLarge(maxBytes);
-  return new DecoderError(`read configFd: ${'code' in f ? f.code : f.reason}`, { stage: STAGE });
+function pipeReadError(f: PipeReadFailure, maxBytes: number, timeoutMs: number): DecoderError {
+  switch (f.reason) {
+    case 'timeout':
+      return new DecoderError(`no EOF on fd 3 within ${timeoutMs} ms; not a containerd payload pipe`, { stage: STAGE });
+    case 'too-large':
+      return tooLarge(maxBytes);
+    case 'error':
+      return new DecoderError(`read configFd: ${f.code}`, { stage: STAGE });
+  }
 }
 
 async function readPipe(fd: number, maxBytes: number, timeoutMs: number, reader: PipeReader | undefined): Promise<Buffer> {
