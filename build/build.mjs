@@ -300,9 +300,6 @@ async function trainCodeCache(wrappedFile, cacheFile, { lookup, addon }) {
   if (!m) throw new BuildError(`${path.relative(ROOT, payloadFile)}: no layer descriptor found`);
   const blobDir = path.join(fixtures, 'enc-jwe-rsa', 'blobs', 'sha256');
   const layerFile = path.join(blobDir, m[2]);
-  const layer = fs.readFileSync(layerFile);
-  const manifestDigest = JSON.parse(fs.readFileSync(path.join(fixtures, 'enc-jwe-rsa', 'index.json'), 'utf8')).manifests[0].digest;
-  const blobs = new Map(fs.readdirSync(blobDir).map((hex) => [`sha256:${hex}`, fs.readFileSync(path.join(blobDir, hex))]));
   // In the temp dir: a Unix socket path must stay short, whatever the checkout's path.
   const runDir = fs.mkdtempSync(path.join(os.tmpdir(), 'coco-decoder-train-'));
   const stops = [];
@@ -311,12 +308,12 @@ async function trainCodeCache(wrappedFile, cacheFile, { lookup, addon }) {
     const runs = [];
     const socket = path.join(runDir, 'containerd.sock');
     if (lookup) {
-      // The same payload without the layer's annotations (containerd's shape: Any{type_url, value = Go JSON}).
-      const json = Buffer.from(JSON.stringify({ DecryptConfig: { Parameters: null }, Descriptor: { mediaType: m[1], digest: `sha256:${m[2]}`, size: layer.length } }));
-      const typeUrl = Buffer.from('io.containerd.ocicrypt.v1.Payload');
-      const lenVarint = (n) => (n < 128 ? Buffer.from([n]) : Buffer.from([(n & 0x7f) | 0x80, n >> 7]));
+      // The same payload without the layer's annotations, as containerd writes it (test/helpers/payload.ts).
+      const { encodePayload } = await loadTestModule('test/helpers/payload.ts');
       const bare = path.join(runDir, 'bare-payload.bin');
-      fs.writeFileSync(bare, Buffer.concat([Buffer.from([0x0a]), lenVarint(typeUrl.length), typeUrl, Buffer.from([0x12]), lenVarint(json.length), json]));
+      fs.writeFileSync(bare, encodePayload({ mediaType: m[1], digest: `sha256:${m[2]}`, size: fs.statSync(layerFile).size }));
+      const manifestDigest = JSON.parse(fs.readFileSync(path.join(fixtures, 'enc-jwe-rsa', 'index.json'), 'utf8')).manifests[0].digest;
+      const blobs = new Map(fs.readdirSync(blobDir).map((hex) => [`sha256:${hex}`, fs.readFileSync(path.join(blobDir, hex))]));
       const { startTrainingContainerd } = await import('./training-containerd.mjs');
       stops.push(await startTrainingContainerd(socket, { blobs, manifest: manifestDigest, layer: `sha256:${m[2]}` }));
       // With the shipped config, as installed packages run: its TOML parsing and validation are trained too.
@@ -430,18 +427,22 @@ const base = { ...process.env };
 });
 `;
 
+/** A TypeScript module of the repository's tests (the KBS, image and payload builders), through tsx: build tooling only. */
+async function loadTestModule(rel) {
+  const { tsImport } = await import('tsx/esm/api');
+  return tsImport(pathToFileURL(path.join(ROOT, rel)).href, import.meta.url);
+}
+
 /**
  * An attestation-agent layer and a KBS for it: the repository's test KBS (faithful to trustee's RCAR protocol)
  * and image helpers, loaded through tsx (build tooling only: nothing of test/ enters the executable).
  */
 async function attestationAgentTraining(runDir) {
-  const { tsImport } = await import('tsx/esm/api');
-  const load = (rel) => tsImport(pathToFileURL(path.join(ROOT, rel)).href, import.meta.url);
   const [{ startTestKbs }, { buildImage }, { encryptImage, aaRecipient }, { encodePayload }] = await Promise.all([
-    load('test/kbs/server.ts'),
-    load('test/helpers/oci-image.ts'),
-    load('test/helpers/encrypt-image.ts'),
-    load('test/helpers/payload.ts'),
+    loadTestModule('test/kbs/server.ts'),
+    loadTestModule('test/helpers/oci-image.ts'),
+    loadTestModule('test/helpers/encrypt-image.ts'),
+    loadTestModule('test/helpers/payload.ts'),
   ]);
   const imageDir = path.join(runDir, 'aa-image');
   await buildImage(imageDir, { tag: 'train', layers: [{ 'etc/training.txt': Buffer.alloc(4096, 't') }] });

@@ -7,16 +7,12 @@
  */
 import { defaultConfig } from '../config/types.js';
 import type { NativeLayerCipher } from '../ocicrypt/layer-decipher.js';
+import { optionalTeeAddon } from './optional-addon.js';
 
 export const NATIVE_CIPHER_ENV = 'COCO_DECODER_NATIVE_CIPHER';
 
 export async function nativeLayerCipher(env: NodeJS.ProcessEnv, addonPath = defaultConfig().attestation.addonPath): Promise<NativeLayerCipher | undefined> {
   if (env[NATIVE_CIPHER_ENV] === '0') return undefined;
-  try {
-    const { loadTeeAddon } = await import('../attest/native.js');
-    const addon = loadTeeAddon({ addonPath });
-    return typeof addon.cipherNew === 'function' ? addon : undefined;
-  } catch {
-    return undefined;
-  }
+  const addon = await optionalTeeAddon(addonPath);
+  return typeof addon?.cipherNew === 'function' ? addon : undefined;
 }

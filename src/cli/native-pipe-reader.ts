@@ -6,15 +6,10 @@
 import { getSystemErrorName } from 'node:util';
 import { defaultConfig } from '../config/types.js';
 import type { PipeReader } from '../streamprocessor/fd3.js';
+import { optionalTeeAddon } from './optional-addon.js';
 
 export async function nativePipeReader(addonPath = defaultConfig().attestation.addonPath): Promise<PipeReader | undefined> {
-  let readFd;
-  try {
-    const { loadTeeAddon } = await import('../attest/native.js');
-    readFd = loadTeeAddon({ addonPath }).readFd;
-  } catch {
-    return undefined;
-  }
+  const readFd = (await optionalTeeAddon(addonPath))?.readFd;
   if (typeof readFd !== 'function') return undefined;
   return (fd, maxBytes, timeoutMs) =>
     new Promise((resolve) =>

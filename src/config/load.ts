@@ -9,6 +9,7 @@ import { isAbsolute } from 'node:path';
 import { parse, TomlError } from 'smol-toml';
 import type { TomlTable, TomlValue } from 'smol-toml';
 import { DecoderError } from '../util/errors.js';
+import { unixSocketPath } from '../util/unix-socket-path.js';
 import { DEFAULT_CONFIG_PATH, defaultConfig } from './types.js';
 import type { Config } from './types.js';
 
@@ -218,8 +219,7 @@ class Validator {
   containerdAddress(table: TomlTable, key: string): string | undefined {
     const value = this.string(table, key);
     if (value === undefined) return undefined;
-    const path = value.replace(/^unix:(?:\/\/)?/, '');
-    if (!isAbsolute(path) || path.includes('\0')) throw this.fail(key, 'must be a Unix socket path (/path or unix:///path)');
+    if (unixSocketPath(value) === undefined) throw this.fail(key, 'must be a Unix socket path (/path or unix:///path)');
     return value;
   }
 

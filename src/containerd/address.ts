@@ -5,6 +5,7 @@
  */
 import { DecoderError } from '../util/errors.js';
 import { quoteUntrusted } from '../util/quote.js';
+import { unixSocketPath } from '../util/unix-socket-path.js';
 
 export const DEFAULT_CONTAINERD_ADDRESS = '/run/containerd/containerd.sock';
 export const CONTAINERD_ADDRESS_ENV = 'CONTAINERD_ADDRESS';
@@ -18,8 +19,8 @@ export interface ContainerdAddress {
 
 /** A path, `unix:///path` or `unix:/path` (both spellings ctr and grpc-go accept). */
 export function parseContainerdAddress(value: string, source: string): ContainerdAddress {
-  const path = value.startsWith('unix://') ? value.slice('unix://'.length) : value.startsWith('unix:') ? value.slice('unix:'.length) : value;
-  if (!path.startsWith('/') || path.includes('\0')) {
+  const path = unixSocketPath(value);
+  if (path === undefined) {
     throw new DecoderError(`${source} ${quoteUntrusted(value, 120)} is not the absolute path of a Unix socket (unix:///path or /path)`);
   }
   return { path, source };

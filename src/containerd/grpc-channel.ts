@@ -113,13 +113,14 @@ export function openChannel(socketPath: string, opts: ChannelOptions): GrpcChann
       let timer: NodeJS.Timeout | undefined;
       let stream: http2.ClientHttp2Stream | undefined;
       const onAbort = (): void => finish(new GrpcCallError(GrpcStatus.CANCELLED, 'cancelled by the caller'));
-      const finish = (err: GrpcCallError | undefined): void => {
+      /** Settles the call once: the timer and abort listener go, a stream still open is cancelled. */
+      const finish = (err: unknown): void => {
         if (settled) return;
         settled = true;
         clearTimeout(timer);
         opts.signal?.removeEventListener('abort', onAbort);
         if (stream !== undefined && !stream.closed) stream.close(http2.constants.NGHTTP2_CANCEL);
-        if (err) reject(err);
+        if (err !== undefined) reject(err);
         else resolve();
       };
       const left = opts.deadline - Date.now();
@@ -174,11 +175,7 @@ export function openChannel(socketPath: string, opts: ChannelOptions): GrpcChann
           try {
             more = onMessage(message);
           } catch (err) {
-            settled = true;
-            clearTimeout(timer);
-            opts.signal?.removeEventListener('abort', onAbort);
-            if (!s.closed) s.close(http2.constants.NGHTTP2_CANCEL);
-            return reject(err);
+            return finish(err); // the caller's own error (a malformed or unwanted answer), as thrown
           }
           if (!more) return finish(undefined);
         }

@@ -6,27 +6,15 @@
  * and jose would load WebCrypto for it (~10 ms per process). Failures are one generic error: the caller says
  * "not encrypted to the TEE key", and nothing derived from the key is shown.
  */
-import { createDecipheriv, createHash, createPublicKey, diffieHellman, privateDecrypt, constants, type KeyObject } from 'node:crypto';
+import { createDecipheriv, createPublicKey, diffieHellman, privateDecrypt, constants, type KeyObject } from 'node:crypto';
 import { isObject } from '../util/is-object.js';
+import { aesKeyUnwrap, concatKdfSha256 } from '../util/jwa.js';
 import type { FlattenedJwe } from './protocol.js';
 import type { JweKeyAlgorithm } from './tee-key.js';
 
 export class JweDecryptError extends Error {}
 
-const AES_KW_IV = Buffer.from('a6a6a6a6a6a6a6a6', 'hex');
 const CEK_BYTES = 32;
-
-/** RFC 7518 §4.6.2 / NIST SP 800-56A Concat KDF, one SHA-256 round (keydatalen 256 bits). */
-function concatKdf(z: Buffer, alg: string, apu: Buffer, apv: Buffer): Buffer {
-  const len32 = (n: number): Buffer => {
-    const b = Buffer.alloc(4);
-    b.writeUInt32BE(n);
-    return b;
-  };
-  const algId = Buffer.from(alg, 'ascii');
-  const otherInfo = Buffer.concat([len32(algId.length), algId, len32(apu.length), apu, len32(apv.length), apv, len32(CEK_BYTES * 8)]);
-  return createHash('sha256').update(len32(1)).update(z).update(otherInfo).digest();
-}
 
 function header(jwe: FlattenedJwe): Record<string, unknown> {
   const h: unknown = JSON.parse(Buffer.from(jwe.protected, 'base64url').toString('utf8'));
@@ -48,11 +36,10 @@ function contentKey(jwe: FlattenedJwe, h: Record<string, unknown>, alg: JweKeyAl
   const peer = createPublicKey({ key: { kty: 'EC', crv: 'P-256', x: epk['x'], y: epk['y'] }, format: 'jwk' });
   const z = diffieHellman({ privateKey: key, publicKey: peer });
   const b64 = (v: unknown): Buffer => (typeof v === 'string' ? Buffer.from(v, 'base64url') : Buffer.alloc(0));
-  const kek = concatKdf(z, alg, b64(h['apu']), b64(h['apv']));
+  const kek = concatKdfSha256(z, alg, b64(h['apu']), b64(h['apv']), CEK_BYTES * 8);
   z.fill(0);
   try {
-    const d = createDecipheriv('id-aes256-wrap', kek, AES_KW_IV);
-    return Buffer.concat([d.update(encryptedKey), d.final()]);
+    return aesKeyUnwrap(kek, encryptedKey);
   } finally {
     kek.fill(0);
   }

@@ -13,6 +13,17 @@ export const HOLDBACK_BYTES = 64 * 1024;
 
 const STAGE = 'could not copy data';
 
+/** A failed read of the ciphertext, worded once for both copy paths (the native pump and layer-stream.ts). */
+export function readInputError(detail: string, cause?: unknown): DecoderError {
+  return new DecoderError(`read input: ${detail}`, { stage: STAGE, cause });
+}
+
+/** A failed write of the plaintext; `code` is the errno name when known (EPIPE: containerd stopped reading). */
+export function writeOutputError(detail: string, code: string | undefined, cause?: unknown): DecoderError {
+  const hint = code === 'EPIPE' ? ' (the reader closed the pipe)' : '';
+  return new DecoderError(`write output: ${detail}${hint}`, { stage: STAGE, cause });
+}
+
 /**
  * A native AES-256-CTR + HMAC-SHA256 engine that writes into caller-owned buffers (the addon's layer cipher,
  * native/src/layer_cipher.cc, over the OpenSSL inside the node binary). Optional: without it, node:crypto.
@@ -174,8 +185,8 @@ class NativeEngine implements CipherEngine {
 
 function pumpError(f: NativePumpFailure): DecoderError {
   const name = f.errno > 0 ? getSystemErrorName(-f.errno) : 'OpenSSL failed';
-  if (f.stage === 'read') return new DecoderError(`read input: ${name}`, { stage: STAGE });
-  if (f.stage === 'write') return new DecoderError(`write output: ${name}${name === 'EPIPE' ? ' (the reader closed the pipe)' : ''}`, { stage: STAGE });
+  if (f.stage === 'read') return readInputError(name);
+  if (f.stage === 'write') return writeOutputError(name, name);
   return new DecoderError('the layer cipher failed (OpenSSL)', { stage: STAGE });
 }
 

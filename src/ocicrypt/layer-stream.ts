@@ -8,7 +8,7 @@ import { Socket, type OnReadOpts, type SocketConstructorOpts } from 'node:net';
 import type { Readable, Writable } from 'node:stream';
 import { DecoderError } from '../util/errors.js';
 import { YoungGc } from '../util/young-gc.js';
-import { HOLDBACK_BYTES, type DecryptStreamOptions, type LayerDecipher } from './layer-decipher.js';
+import { HOLDBACK_BYTES, readInputError, writeOutputError, type DecryptStreamOptions, type LayerDecipher } from './layer-decipher.js';
 
 /**
  * Reused read buffer for pipe input. A pipe holds 64 KiB, and a larger buffer only costs: the destination must
@@ -16,7 +16,6 @@ import { HOLDBACK_BYTES, type DecryptStreamOptions, type LayerDecipher } from '.
  */
 const READ_BUFFER_BYTES = 64 * 1024;
 
-const STAGE = 'could not copy data';
 
 /**
  * Ciphertext in, plaintext out, with the holdback: a chunk of plaintext is written only while at least
@@ -112,13 +111,12 @@ class LayerPump {
   #check(): void {
     if (this.#error === undefined) return;
     const code = (this.#error as NodeJS.ErrnoException).code;
-    const hint = code === 'EPIPE' ? ' (the reader closed the pipe)' : '';
-    throw new DecoderError(`write output: ${this.#error.message}${hint}`, { stage: STAGE, cause: this.#error });
+    throw writeOutputError(this.#error.message, code, this.#error);
   }
 }
 
 function readError(err: unknown): DecoderError {
-  return err instanceof DecoderError ? err : new DecoderError(`read input: ${(err as Error).message}`, { stage: STAGE, cause: err });
+  return err instanceof DecoderError ? err : readInputError((err as Error).message, err);
 }
 
 /**

@@ -11,8 +11,9 @@
  * the wrong length, an IV other than 96 bits, a tag other than 128 bits or a tag mismatch. Nothing derived from
  * the key or the plaintext is ever reported.
  */
-import { constants, createDecipheriv, createHash, createPublicKey, diffieHellman, privateDecrypt, type CipherGCMTypes, type KeyObject } from 'node:crypto';
+import { constants, createDecipheriv, createPublicKey, diffieHellman, privateDecrypt, type CipherGCMTypes, type KeyObject } from 'node:crypto';
 import { isObject } from '../../util/is-object.js';
+import { aesKeyUnwrap, concatKdfSha256 } from '../../util/jwa.js';
 
 /** One of the three serializations, as parsed (and allow-list checked) by jwe.ts. */
 export interface JweParts {
@@ -38,7 +39,6 @@ const CURVES: Readonly<Record<string, string>> = { 'P-256': 'prime256v1', 'P-384
 const KEY_WRAP_BITS: Readonly<Record<string, number>> = { 'ECDH-ES+A128KW': 128, 'ECDH-ES+A192KW': 192, 'ECDH-ES+A256KW': 256 };
 const GCM_KEY_BYTES: Readonly<Record<string, number>> = { A128GCM: 16, A192GCM: 24, A256GCM: 32 };
 const GCM_CIPHERS: Readonly<Record<string, CipherGCMTypes>> = { A128GCM: 'aes-128-gcm', A192GCM: 'aes-192-gcm', A256GCM: 'aes-256-gcm' };
-const AES_KW_IV = Buffer.from('a6a6a6a6a6a6a6a6', 'hex');
 /** jose refuses smaller RSA keys; they are left to it so that the verdict stays its own. */
 const MIN_RSA_BITS = 2048;
 
@@ -74,24 +74,6 @@ function covered(h: Record<string, unknown>, key: KeyObject): boolean {
   return isB64u(epk['x']) && isB64u(epk['y']) && isB64u(h['apu']) && isB64u(h['apv']);
 }
 
-/** RFC 7518 §4.6.2: Concat KDF (NIST SP 800-56A) with SHA-256, for key-wrap keys of at most 256 bits (one round). */
-function concatKdf(z: Buffer, alg: string, apu: Buffer, apv: Buffer, bits: number): Buffer {
-  const u32 = (n: number): Buffer => {
-    const b = Buffer.alloc(4);
-    b.writeUInt32BE(n);
-    return b;
-  };
-  const id = Buffer.from(alg, 'ascii');
-  const digest = createHash('sha256')
-    .update(u32(1))
-    .update(z)
-    .update(Buffer.concat([u32(id.length), id, u32(apu.length), apu, u32(apv.length), apv, u32(bits)]))
-    .digest();
-  const out = Buffer.from(digest.subarray(0, bits / 8));
-  digest.fill(0);
-  return out;
-}
-
 /** The content key of one recipient, or undefined when it is not for this key. */
 function contentKey(h: Record<string, unknown>, encryptedKey: string | undefined, key: KeyObject): Buffer | undefined {
   if (encryptedKey === undefined) return undefined;
@@ -110,11 +92,10 @@ function contentKey(h: Record<string, unknown>, encryptedKey: string | undefined
     const peer = createPublicKey({ key: { kty: 'EC', crv: epk['crv'] as string, x: epk['x'], y: epk['y'] }, format: 'jwk' });
     const z = diffieHellman({ privateKey: key, publicKey: peer });
     const bits = KEY_WRAP_BITS[alg]!;
-    const kek = concatKdf(z, alg, b64u((h['apu'] as string | undefined) ?? ''), b64u((h['apv'] as string | undefined) ?? ''), bits);
+    const kek = concatKdfSha256(z, alg, b64u((h['apu'] as string | undefined) ?? ''), b64u((h['apv'] as string | undefined) ?? ''), bits);
     z.fill(0);
     try {
-      const d = createDecipheriv(`id-aes${bits}-wrap`, kek, AES_KW_IV);
-      return Buffer.concat([d.update(wrapped), d.final()]);
+      return aesKeyUnwrap(kek, wrapped);
     } finally {
       kek.fill(0);
     }
