@@ -13,26 +13,14 @@ import type * as GrpcJs from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connectContainerd, type ContentSource } from '../../../src/containerd/client.js';
 import { METHODS, encodeListContentRequest } from '../../../src/containerd/messages.js';
-import { describeError } from '../../../src/util/errors.js';
+import { rejectionOf } from '../../helpers/error-of.js';
+import { lengthDelimited, varint } from '../../helpers/payload.js';
 
 const grpc = createRequire(import.meta.url)('@grpc/grpc-js') as typeof GrpcJs;
 grpc.setLogVerbosity(grpc.logVerbosity.NONE);
 
-// --- protobuf, just enough to write the answers ---
-function varint(n: number): Buffer {
-  const out: number[] = [];
-  do {
-    let b = n % 128;
-    n = Math.floor(n / 128);
-    if (n > 0) b |= 0x80;
-    out.push(b);
-  } while (n > 0);
-  return Buffer.from(out);
-}
-const bytes = (field: number, v: Buffer | string): Buffer => {
-  const b = Buffer.isBuffer(v) ? v : Buffer.from(v, 'utf8');
-  return Buffer.concat([varint(field * 8 + 2), varint(b.length), b]);
-};
+// --- protobuf, just enough to write the answers (the test-side encoder of test/helpers/payload.ts) ---
+const bytes = (field: number, v: Buffer | string): Buffer => lengthDelimited(field, Buffer.isBuffer(v) ? v : Buffer.from(v, 'utf8'));
 const int = (field: number, v: number): Buffer => (v === 0 ? Buffer.alloc(0) : Buffer.concat([varint(field * 8), varint(v)]));
 const info = (digest: string, size: number, label?: [string, string]): Buffer =>
   Buffer.concat([bytes(1, digest), int(2, size), ...(label ? [bytes(5, Buffer.concat([bytes(1, label[0]), bytes(2, label[1])]))] : [])]);
@@ -114,15 +102,6 @@ async function withClient<T>(fn: (c: ContentSource) => Promise<T>, opts: { deadl
   }
 }
 
-const errorOf = async (p: Promise<unknown>): Promise<string> => {
-  try {
-    await p;
-  } catch (err) {
-    return describeError(err);
-  }
-  throw new Error('expected a failure');
-};
-
 describe('the containerd client against a gRPC server', () => {
   it('makes the four calls with the namespace header, and takes streamed answers whole and in order', async () => {
     seen.length = 0;
@@ -151,7 +130,7 @@ describe('the containerd client against a gRPC server', () => {
 
   it('an error status: its name and the daemon message quoted, on one line', async () => {
     mode = 'denied';
-    const msg = await withClient((c) => errorOf(c.namespaces()));
+    const msg = await withClient((c) => rejectionOf(c.namespaces()));
     expect(msg).toMatch(/^containerd at .*containerd\.sock \(test\): \/containerd\.services\.namespaces\.v1\.Namespaces\/List: PERMISSION_DENIED: /);
     expect(msg).not.toMatch(/[\n\u202e]/);
   });
@@ -159,7 +138,7 @@ describe('the containerd client against a gRPC server', () => {
   it('a daemon that does not answer: the lookup deadline, not a hang', async () => {
     mode = 'hang';
     const t0 = Date.now();
-    const msg = await withClient((c) => errorOf(c.namespaces()), { deadlineMs: 300 });
+    const msg = await withClient((c) => rejectionOf(c.namespaces()), { deadlineMs: 300 });
     expect(msg).toMatch(/Namespaces\/List: no answer within the lookup deadline$/);
     expect(Date.now() - t0).toBeLessThan(3000);
   });
@@ -168,26 +147,26 @@ describe('the containerd client against a gRPC server', () => {
     mode = 'hang';
     const ac = new AbortController();
     setTimeout(() => ac.abort(new Error('layer deadline')), 100);
-    const msg = await withClient((c) => errorOf(c.namespaces()), { signal: ac.signal });
+    const msg = await withClient((c) => rejectionOf(c.namespaces()), { signal: ac.signal });
     expect(msg).toMatch(/Namespaces\/List: aborted \(layer deadline\)$/);
   });
 
   it('refuses a message over 16 MiB from its length prefix, and more bytes than asked for', async () => {
     mode = 'huge';
-    expect(await withClient((c) => errorOf(c.read('k8s.io', D1, 0, 100)))).toMatch(/RESOURCE_EXHAUSTED: .*exceeds the 16777216-byte limit/);
+    expect(await withClient((c) => rejectionOf(c.read('k8s.io', D1, 0, 100)))).toMatch(/RESOURCE_EXHAUSTED: .*exceeds the 16777216-byte limit/);
     mode = 'too-much'; // 8-byte chunks of twice the blob: the fifth one runs past the 39 bytes asked for
-    expect(await withClient((c) => errorOf(c.read('k8s.io', D1, 0, BLOB.length + 3)))).toMatch(/Content\.Read answered more than the \d+ bytes asked for$/);
+    expect(await withClient((c) => rejectionOf(c.read('k8s.io', D1, 0, BLOB.length + 3)))).toMatch(/Content\.Read answered more than the \d+ bytes asked for$/);
   });
 
   it('a missing socket, a file that is not one, and a socket nobody listens on', async () => {
-    expect(await errorOf(connectContainerd(address(join(dir, 'absent.sock')), { deadline: Date.now() + 1000 }))).toMatch(/does not exist \(is containerd running/);
+    expect(await rejectionOf(connectContainerd(address(join(dir, 'absent.sock')), { deadline: Date.now() + 1000 }))).toMatch(/does not exist \(is containerd running/);
     const file = join(dir, 'plain-file');
     writeFileSync(file, '');
-    expect(await errorOf(connectContainerd(address(file), { deadline: Date.now() + 1000 }))).toMatch(/is not a socket$/);
+    expect(await rejectionOf(connectContainerd(address(file), { deadline: Date.now() + 1000 }))).toMatch(/is not a socket$/);
     // A socket file left behind by a process that is gone (bound, never listening): connect() is refused.
     const stale = join(dir, 'stale.sock');
     execFileSync('python3', ['-c', 'import socket, sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])', stale]);
-    const msg = await withClient((c) => errorOf(c.namespaces()), { path: stale });
+    const msg = await withClient((c) => rejectionOf(c.namespaces()), { path: stale });
     expect(msg).toMatch(/: unreachable: .*ECONNREFUSED/);
   });
 });

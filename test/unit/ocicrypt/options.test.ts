@@ -12,21 +12,13 @@ import {
   type PublicLayerOptions,
 } from '../../../src/ocicrypt/options.js';
 import { PUBOPTS_ANNOTATION } from '../../../src/ocicrypt/keywrap/keywrapper.js';
-import { describeError } from '../../../src/util/errors.js';
+import { errorOf } from '../../helpers/error-of.js';
 
 const V131 = join(import.meta.dirname, '../../fixtures/ocicrypt-v1.3.1');
 const descriptor = JSON.parse(readFileSync(join(V131, 'descriptor.json'), 'utf8')) as { annotations: Record<string, string> };
 const privoptsBytes = readFileSync(join(V131, 'privopts.json'));
 const puboptsBytes = readFileSync(join(V131, 'annotations/org.opencontainers.image.enc.pubopts.0.bin'));
 
-function errorOf(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (err) {
-    return describeError(err);
-  }
-  throw new Error('expected an error');
-}
 const b64 = (s: string | Buffer): string => Buffer.from(s).toString('base64');
 const pubWith = (json: object): PublicLayerOptions => parsePublicOptions(JSON.stringify(json));
 const HMAC = b64(Buffer.alloc(32, 7));

@@ -6,7 +6,8 @@ import { defaultConfig } from '../../../src/config/types.js';
 import { buildKeyWrappers } from '../../../src/ocicrypt/keywrap/registry.js';
 import { annotationFor, type DecryptParameters, type KeyWrapper, type UnwrapContext, type UnwrappedEntry } from '../../../src/ocicrypt/keywrap/keywrapper.js';
 import { layerKeySchemes, unwrapLayerKey } from '../../../src/ocicrypt/unwrap-layer-key.js';
-import { DecoderError, describeError } from '../../../src/util/errors.js';
+import { DecoderError } from '../../../src/util/errors.js';
+import { rejectionOf } from '../../helpers/error-of.js';
 
 const b64 = (s: string): string => Buffer.from(s).toString('base64');
 
@@ -56,15 +57,6 @@ function ctx(params: DecryptParameters = withKeys, signal: AbortSignal = new Abo
   return { params, layerDigest: 'sha256:abc', signal };
 }
 
-async function errorOf(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-  } catch (err) {
-    return describeError(err);
-  }
-  throw new Error('expected an error');
-}
-
 describe('scheme order and entry selection', () => {
   it('tries schemes in the fixed wrapper order and stops at the first success', async () => {
     const jwe = fake('jwe', { answers: { J: 'privopts-from-jwe' }, facts: { kid: 'jwe-kid' } });
@@ -107,7 +99,7 @@ describe('scheme order and entry selection', () => {
   it('skips a scheme for which no keys were given, without calling it', async () => {
     const pgp = fake('jwe', { keysParam: 'gpg-privatekeys' });
     const annotations = { [annotationFor('jwe')]: b64('J') };
-    expect(await errorOf(unwrapLayerKey([pgp], annotations, ctx()))).toBe(
+    expect(await rejectionOf(unwrapLayerKey([pgp], annotations, ctx()))).toBe(
       'missing private key needed for decryption: no private key was given for jwe (see --decryption-keys-path)',
     );
     expect(pgp.calls).toEqual([]);
@@ -126,7 +118,7 @@ describe('ocicrypt summary messages, on one line', () => {
     const jwe = fake('jwe', { answers: { J1: { error: 'JWE: No suitable private key found for decryption' }, J2: { error: 'JWE: second\nline' } } });
     const pkcs7 = fake('pkcs7', { answers: { P: { error: 'no x509 certificates found needed for PKCS7 decryption' } } });
     const annotations = { [annotationFor('jwe')]: `${b64('J1')},${b64('J2')}`, [annotationFor('pkcs7')]: b64('P') };
-    const msg = await errorOf(unwrapLayerKey([jwe, pkcs7], annotations, ctx()));
+    const msg = await rejectionOf(unwrapLayerKey([jwe, pkcs7], annotations, ctx()));
     expect(msg).toBe(
       'no suitable key unwrapper found or none of the private keys could be used for decryption: ' +
         'no suitable key found for decrypting layer key: JWE: No suitable private key found for decryption; JWE: second; line; ' +
@@ -138,13 +130,13 @@ describe('ocicrypt summary messages, on one line', () => {
   it('leads with the key provider\'s own cause when only key-less schemes (providers) were asked and failed', async () => {
     // ocicrypt would say "missing private key needed for decryption" here, which misleads when a KBS denied the key.
     const provider = fake('provider.kp', { keysParam: '', answers: { W: { error: 'Error while running command: /x. stderr: boom: exit status 3' } } });
-    const msg = await errorOf(unwrapLayerKey([provider], { [annotationFor('provider.kp')]: b64('W') }, ctx({})));
+    const msg = await rejectionOf(unwrapLayerKey([provider], { [annotationFor('provider.kp')]: b64('W') }, ctx({})));
     expect(msg).toBe('provider.kp: Error while running command: /x. stderr: boom: exit status 3');
   });
 
   it('a provider answering null for every entry is "missing private key" without causes', async () => {
     const provider = fake('provider.kp', { keysParam: '' });
-    expect(await errorOf(unwrapLayerKey([provider], { [annotationFor('provider.kp')]: b64('W') }, ctx({})))).toBe(
+    expect(await rejectionOf(unwrapLayerKey([provider], { [annotationFor('provider.kp')]: b64('W') }, ctx({})))).toBe(
       'missing private key needed for decryption',
     );
   });
@@ -152,7 +144,7 @@ describe('ocicrypt summary messages, on one line', () => {
   it('stops a scheme at an entry that is not std base64 ("could not base64 decode the annotation")', async () => {
     const jwe = fake('jwe', { answers: { J: 'never' } });
     const annotations = { [annotationFor('jwe')]: `${b64('J').replace(/=+$/, '')}x,${b64('J')}` };
-    const msg = await errorOf(unwrapLayerKey([jwe], annotations, ctx()));
+    const msg = await rejectionOf(unwrapLayerKey([jwe], annotations, ctx()));
     expect(msg).toBe(
       'no suitable key unwrapper found or none of the private keys could be used for decryption: could not base64 decode the annotation',
     );
@@ -160,14 +152,14 @@ describe('ocicrypt summary messages, on one line', () => {
   });
 
   it('fails clearly when the layer has no key annotation at all', async () => {
-    expect(await errorOf(unwrapLayerKey([fake('jwe')], { 'org.opencontainers.image.enc.pubopts': 'e30=' }, ctx()))).toBe(
+    expect(await rejectionOf(unwrapLayerKey([fake('jwe')], { 'org.opencontainers.image.enc.pubopts': 'e30=' }, ctx()))).toBe(
       'missing private key needed for decryption: the layer has no org.opencontainers.image.enc.keys.* annotation',
     );
   });
 
   it('names an unconfigured key provider and an unknown scheme', async () => {
     const annotations = { [annotationFor('provider.other')]: b64('x'), [annotationFor('weird')]: b64('y') };
-    expect(await errorOf(unwrapLayerKey([fake('jwe')], annotations, ctx()))).toBe(
+    expect(await rejectionOf(unwrapLayerKey([fake('jwe')], annotations, ctx()))).toBe(
       'missing private key needed for decryption: key provider "other" is not configured (OCICRYPT_KEYPROVIDER_CONFIG); unknown key-wrap scheme "weird"',
     );
   });
@@ -179,7 +171,7 @@ describe('unsupported schemes (pgp, pkcs11)', () => {
 
   it('says clearly that the scheme is not supported when the layer has nothing else', async () => {
     const params = { 'gpg-privatekeys': [Buffer.from('ring')] };
-    const msg = await errorOf(
+    const msg = await rejectionOf(
       unwrapLayerKey([fake('jwe'), pgp, pkcs11], { [annotationFor('pgp')]: b64('G'), [annotationFor('pkcs11')]: b64('H') }, ctx(params)),
     );
     expect(msg).toBe(
@@ -198,7 +190,7 @@ describe('unsupported schemes (pgp, pkcs11)', () => {
   it('mentions the unsupported scheme among the causes when the usable one fails', async () => {
     const jwe = fake('jwe', { answers: { J: { error: 'JWE: No suitable private key found for decryption' } } });
     const annotations = { [annotationFor('pgp')]: b64('G'), [annotationFor('jwe')]: b64('J') };
-    expect(await errorOf(unwrapLayerKey([jwe, pgp], annotations, ctx()))).toMatch(
+    expect(await rejectionOf(unwrapLayerKey([jwe, pgp], annotations, ctx()))).toMatch(
       /: no suitable key found for decrypting layer key: JWE: No suitable private key found for decryption; pgp not supported by coco-decoder$/,
     );
   });
@@ -210,7 +202,7 @@ describe('deadline', () => {
     const controller = new AbortController();
     setTimeout(() => controller.abort(), 50);
     const started = Date.now();
-    const msg = await errorOf(unwrapLayerKey([slow], { [annotationFor('provider.attestation-agent')]: b64('x') }, ctx({}, controller.signal)));
+    const msg = await rejectionOf(unwrapLayerKey([slow], { [annotationFor('provider.attestation-agent')]: b64('x') }, ctx({}, controller.signal)));
     expect(msg).toBe('timed out unwrapping the layer key (scheme provider.attestation-agent)');
     expect(Date.now() - started).toBeLessThan(5_000);
   });

@@ -7,8 +7,8 @@ import { describe, expect, it } from 'vitest';
 import { PAYLOAD_TYPE_URL, decodeAny, decodePayload, parsePayloadJson } from '../../../src/streamprocessor/payload.js';
 import { decodeStdBase64, goBytes } from '../../../src/util/gojson.js';
 import { checkLayerMediaType } from '../../../src/streamprocessor/mediatype.js';
-import { describeError } from '../../../src/util/errors.js';
 import { encodeAny, lengthDelimited as ld } from '../../helpers/payload.js';
+import { errorOf } from '../../helpers/error-of.js';
 
 const FIX = join(import.meta.dirname, '../../fixtures');
 const V131 = join(FIX, 'ocicrypt-v1.3.1');
@@ -17,15 +17,6 @@ const read = (p: string): Buffer => readFileSync(p);
 function anyOf(json: string, typeUrl = PAYLOAD_TYPE_URL): Buffer {
   return encodeAny(typeUrl, Buffer.from(json));
 }
-function errorOf(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (err) {
-    return describeError(err);
-  }
-  throw new Error('expected an error');
-}
-
 describe('decodePayload on real containerd/ocicrypt bytes', () => {
   it('decodes the bytes containerd 1.6.20 wrote to fd 3 for the enc-jwe-rsa layer', () => {
     const p = decodePayload(read(join(FIX, 'ocicrypt/containerd-1.6.20-payload-enc-jwe-rsa.bin')));
