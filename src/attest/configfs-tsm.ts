@@ -14,7 +14,6 @@ import path from 'node:path';
 import type { TeeErrorCode } from '../util/error-codes.js';
 import { DecoderError } from '../util/errors.js';
 import { quoteUntrusted } from '../util/quote.js';
-import { acquireLock } from '../util/file-lock.js';
 
 export type TsmProvider = 'tdx_guest' | 'sev_guest' | 'arm_cca_guest';
 const KNOWN_PROVIDERS: readonly string[] = ['tdx_guest', 'sev_guest', 'arm_cca_guest'];
@@ -341,6 +340,7 @@ async function readBlob(fs: TsmFs, dir: string, name: 'outblob' | 'auxblob', pro
  */
 async function withLock<T>(lockPath: string | null, deadline: number, fn: () => Promise<T>): Promise<T> {
   if (lockPath === null) return fn();
+  const { acquireLock } = await import('../util/file-lock.js');
   const outcome = await acquireLock(lockPath, Math.max(deadline - Date.now(), 0), new AbortController().signal);
   if (!outcome.acquired && outcome.reason === 'timeout') {
     throw new TsmError(`timed out waiting for another coco-decoder's attestation (lock ${lockPath})`, 'TEE_BUSY');

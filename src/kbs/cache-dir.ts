@@ -4,7 +4,7 @@
  * attestation token is bound to, so: a real directory (no symlink), owned by the user the decoder runs as (root
  * under containerd), mode 0700 (tightened automatically when we own it), on tmpfs (warned about otherwise).
  */
-import { lstat, statfs } from 'node:fs/promises';
+import { lstatSync, statfsSync } from 'node:fs';
 
 const TMPFS_MAGIC = 0x01021994;
 const RAMFS_MAGIC = 0x858458f6;
@@ -26,10 +26,11 @@ export function isTmpfs(type: number): boolean {
   return type === TMPFS_MAGIC || type === RAMFS_MAGIC;
 }
 
-export async function inspectCacheDir(dir: string, uid: number): Promise<CacheDirState> {
+/** Synchronous: the token cache runs it on every attestation-agent layer (see token-cache.ts). */
+export function inspectCacheDir(dir: string, uid: number): CacheDirState {
   let st;
   try {
-    st = await lstat(dir);
+    st = lstatSync(dir);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOENT') return { state: 'missing' };
@@ -38,9 +39,11 @@ export async function inspectCacheDir(dir: string, uid: number): Promise<CacheDi
   if (st.isSymbolicLink()) return { state: 'refused', reason: 'symlink' };
   if (!st.isDirectory()) return { state: 'refused', reason: 'not-a-directory' };
   if (st.uid !== uid) return { state: 'refused', reason: 'foreign-owner', ownerUid: st.uid };
-  const fsType = await statfs(dir).then(
-    (s) => Number(s.type),
-    () => undefined,
-  );
+  let fsType: number | undefined;
+  try {
+    fsType = Number(statfsSync(dir).type);
+  } catch {
+    fsType = undefined; // advisory only
+  }
   return { state: 'usable', mode: st.mode & 0o7777, tmpfs: fsType === undefined ? undefined : isTmpfs(fsType), fsType };
 }

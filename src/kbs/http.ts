@@ -7,20 +7,16 @@
  * Not undici: the warm path (a cached token, one resource GET) is one request per process, and loading undici
  * measured ~80 ms in the embedded Node 24 (it pulls in llhttp's WebAssembly and a dozen Node internals) against
  * ~10 ms for node:http and node:https, which Node already ships compiled.
+ *
+ * node:https (and with it node:tls) is loaded only for an https KBS (https-agent.ts): requiring node:tls starts
+ * Node's parse of its ~150 bundled root certificates on a second thread, ~9 ms of every process that loads it.
  */
-import { X509Certificate } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
 import http from 'node:http';
 import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
-import https from 'node:https';
-import type { Duplex } from 'node:stream';
-import { setTimeout as sleep } from 'node:timers/promises';
-import { connect as tlsConnect, createSecureContext, rootCertificates } from 'node:tls';
-import type { ConnectionOptions, SecureContext } from 'node:tls';
 import { DecoderError } from '../util/errors.js';
 import type { Deadline } from './deadline.js';
 import { KbsError, errorCodes, isTlsFailure, timeoutError, tlsError, unreachableError } from './errors.js';
-import { proxyFor } from './proxy-env.js';
+import { proxyAuthorization, proxyFor } from './proxy-env.js';
 
 export interface KbsHttpOptions {
   /** Normalised base URL (no trailing slash), e.g. `https://kbs.example:8080`. */
@@ -88,6 +84,8 @@ export class KbsHttp {
   private constructor(
     private readonly opts: KbsHttpOptions,
     private readonly agent: http.Agent,
+    /** `http.request`, or `https.request` for an https KBS reached directly. */
+    private readonly request: typeof http.request,
     /** A plain-http KBS behind an HTTP proxy: requests go to the proxy with the absolute URL. */
     private readonly httpProxy: URL | undefined,
     private readonly retry: RetryPolicy,
@@ -95,13 +93,15 @@ export class KbsHttp {
 
   static async create(opts: KbsHttpOptions): Promise<KbsHttp> {
     const base = new URL(opts.baseUrl);
-    const secure = base.protocol === 'https:';
-    const secureContext = secure ? await trustFor(opts.certPath, opts.certOnly === true) : undefined;
     const proxyUri = proxyFor(base, opts.env);
     const proxy = proxyUri === undefined ? undefined : new URL(proxyUri);
-    const agentOpts = { keepAlive: true, timeout: opts.timeoutMs, ...(secureContext ? { secureContext } : {}) };
-    const agent = secure ? (proxy ? new TunnelAgent(proxy, opts.timeoutMs, agentOpts) : new https.Agent(agentOpts)) : new http.Agent(agentOpts);
-    return new KbsHttp(opts, agent, secure ? undefined : proxy, opts.retry ?? DEFAULT_RETRY);
+    const agentOpts = { keepAlive: true, timeout: opts.timeoutMs };
+    const retry = opts.retry ?? DEFAULT_RETRY;
+    if (base.protocol !== 'https:') return new KbsHttp(opts, new http.Agent(agentOpts), http.request, proxy, retry);
+    const { httpsTransport } = await import('./https-agent.js');
+    const { agent, request } = httpsTransport({ certPath: opts.certPath, certOnly: opts.certOnly === true, proxy, timeoutMs: opts.timeoutMs, agentOptions: agentOpts });
+    // Through a proxy the agent tunnels (CONNECT) and the request itself is an ordinary https one.
+    return new KbsHttp(opts, agent, request, undefined, retry);
   }
 
   get baseUrl(): string {
@@ -154,7 +154,7 @@ export class KbsHttp {
       this.counts.retries++;
       const delay = Math.min(this.retry.maxDelayMs, this.retry.baseDelayMs * 2 ** (attempt - 1));
       try {
-        await sleep(delay + Math.floor(Math.random() * (delay / 4)), undefined, { signal: deadline.signal });
+        await sleep(delay + Math.floor(Math.random() * (delay / 4)), deadline.signal);
       } catch {
         throw deadline.error(req.what);
       }
@@ -168,7 +168,7 @@ export class KbsHttp {
     const options: http.RequestOptions = viaProxy
       ? { host: viaProxy.hostname, port: viaProxy.port || 80, path: target.href, headers: { ...headers, host: target.host, ...proxyAuthorization(viaProxy) } }
       : { host: target.hostname, port: target.port || (target.protocol === 'https:' ? 443 : 80), path: `${target.pathname}${target.search}`, headers };
-    const send = target.protocol === 'https:' && !viaProxy ? https.request : http.request;
+    const send = viaProxy ? http.request : this.request;
     return new Promise((resolve, reject) => {
       const r = send({ ...options, method, agent: this.agent, signal, ...(body === undefined ? {} : { headers: { ...options.headers, 'content-length': String(Buffer.byteLength(body)) } }) });
       r.once('response', resolve);
@@ -210,98 +210,20 @@ async function readLimited(body: IncomingMessage, maxBytes: number, what: string
   return Buffer.concat(chunks, total);
 }
 
-/** `Proxy-Authorization` for credentials in the proxy URL (`http://user:pass@proxy:3128`). */
-function proxyAuthorization(proxy: URL): Record<string, string> {
-  if (proxy.username === '') return {};
-  const user = decodeURIComponent(proxy.username);
-  const pass = decodeURIComponent(proxy.password);
-  return { 'proxy-authorization': `Basic ${Buffer.from(`${user}:${pass}`).toString('base64')}` };
-}
-
-/**
- * An https.Agent whose connections are TLS over a CONNECT tunnel through an HTTP(S) proxy (what HTTPS_PROXY
- * means): the proxy sees only the KBS host and port, TLS (and kbs.cert's verification) is end to end.
- */
-class TunnelAgent extends https.Agent {
-  constructor(
-    private readonly proxy: URL,
-    private readonly timeoutMs: number,
-    options: https.AgentOptions,
-  ) {
-    super(options);
-  }
-
-  override createConnection(options: ConnectionOptions & { host?: string; port?: number }, callback: (err: Error | null, socket?: Duplex) => void): undefined {
-    const authority = `${options.host ?? 'localhost'}:${options.port ?? 443}`;
-    const send = this.proxy.protocol === 'https:' ? https.request : http.request;
-    const req = send({
-      host: this.proxy.hostname,
-      port: this.proxy.port || (this.proxy.protocol === 'https:' ? 443 : 80),
-      method: 'CONNECT',
-      path: authority,
-      headers: { host: authority, ...proxyAuthorization(this.proxy) },
-      agent: false,
-      timeout: this.timeoutMs,
-    });
-    let done = false;
-    const finish = (err: Error | null, socket?: Duplex): void => {
-      if (done) return;
-      done = true;
-      callback(err, socket);
+/** Waits `ms`, or rejects once `signal` aborts (node:timers/promises would cost a module load on the warm path). */
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal.aborted) return reject(signal.reason);
+    const onAbort = (): void => {
+      clearTimeout(timer);
+      reject(signal.reason);
     };
-    req.once('connect', (res, socket) => {
-      if (res.statusCode !== 200) {
-        socket.destroy();
-        const err = Object.assign(new Error(`the proxy ${this.proxy.host} refused to tunnel to ${authority} (HTTP ${res.statusCode})`), { code: 'ECONNREFUSED' });
-        return finish(err);
-      }
-      finish(null, tlsConnect({ ...options, socket }));
-    });
-    req.once('timeout', () => req.destroy(Object.assign(new Error(`the proxy ${this.proxy.host} did not answer CONNECT`), { code: 'ETIMEDOUT' })));
-    req.once('error', (err) => finish(err));
-    req.end();
-    return undefined;
-  }
+    const timer = setTimeout(() => {
+      signal.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
 }
 
-/**
- * Node's root store (bundled Mozilla roots, or the OpenSSL/system store under `--use-openssl-ca`), plus
- * NODE_EXTRA_CA_CERTS, plus the CA(s) in `kbs.cert`. Passing `ca:` would replace the roots, and re-parsing them all
- * costs ~150 ms per process, so the CAs are added to a default context instead: on the first addition Node copies
- * its already-parsed root store — without NODE_EXTRA_CA_CERTS, which is therefore added here as well.
- */
-async function trustFor(certPath: string | undefined, certOnly: boolean): Promise<SecureContext | undefined> {
-  if (certPath === undefined) return undefined;
-  let pem: string;
-  try {
-    pem = await readFile(certPath, 'utf8');
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code ?? String(err);
-    throw new DecoderError(`cannot read the KBS CA file ${certPath} (kbs.cert): ${code}`);
-  }
-  const blocks = pemCertificates(pem);
-  if (blocks.length === 0) throw new DecoderError(`the KBS CA file ${certPath} (kbs.cert) contains no PEM certificate`);
-  for (const block of blocks) {
-    try {
-      new X509Certificate(block);
-    } catch {
-      throw new DecoderError(`the KBS CA file ${certPath} (kbs.cert) contains an unreadable certificate`);
-    }
-  }
-  // Pinning: `ca:` replaces the root store, which is exactly what cert_only asks for (and costs nothing to parse).
-  if (certOnly) return createSecureContext({ ca: blocks });
-  // Node itself only warns about an unreadable NODE_EXTRA_CA_CERTS; so do we (by ignoring it).
-  const extraFile = process.env['NODE_EXTRA_CA_CERTS'];
-  const extra = extraFile ? pemCertificates(await readFile(extraFile, 'utf8').catch(() => '')) : [];
-  const context = createSecureContext();
-  const native = (context as unknown as { context?: { addCACert?: (pem: string) => void } }).context;
-  if (typeof native?.addCACert === 'function') {
-    for (const block of [...extra, ...blocks]) native.addCACert(block);
-    return context;
-  }
-  return createSecureContext({ ca: [...rootCertificates, ...extra, ...blocks] });
-}
 
-function pemCertificates(text: string): string[] {
-  return text.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
-}

@@ -15,7 +15,6 @@ import type { Deadline } from './deadline.js';
 import { KbsError } from './errors.js';
 import { KbsHttp } from './http.js';
 import type { KbsRequestCounts } from './http.js';
-import { acquireLock, lockPathFor } from '../util/file-lock.js';
 import type { ProtocolVersion } from './protocol.js';
 import type { ResourceUri } from './resource-uri.js';
 import type { TeeKeyPair } from './tee-key.js';
@@ -125,6 +124,8 @@ export function createKeySource(opts: KeySourceOptions): KeySource {
           // The wait is bounded by cache.lock_timeout_ms and the layer's own signal, never by the KBS budget: a slow
           // peer's attestation must not leave us too little time for our own.
           const lockSignal = signal ?? new AbortController().signal;
+          // Loaded on the cold path only: the lock module brings node:child_process (for flock(1)).
+          const { acquireLock, lockPathFor } = await import('../util/file-lock.js');
           const lock = tc
             ? await acquireLock(lockPathFor(tc.fileFor(scope)), config.cache.lockTimeoutMs, lockSignal, {
                 recheck: async () => (await fromCache(tc, rejected)).creds !== undefined,

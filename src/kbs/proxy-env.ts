@@ -62,3 +62,11 @@ function inCidr(host: string, cidr: string): boolean {
   list.addSubnet(net!, bits, type);
   return list.check(host, type);
 }
+
+/** `Proxy-Authorization` for credentials in the proxy URL (`http://user:pass@proxy:3128`). */
+export function proxyAuthorization(proxy: URL): Record<string, string> {
+  if (proxy.username === '') return {};
+  const user = decodeURIComponent(proxy.username);
+  const pass = decodeURIComponent(proxy.password);
+  return { 'proxy-authorization': `Basic ${Buffer.from(`${user}:${pass}`).toString('base64')}` };
+}

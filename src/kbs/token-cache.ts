@@ -5,10 +5,12 @@
  * file + rename) with mode 0600 in a 0700 directory owned by us (root in production). On read the file must be a
  * regular file (not a symlink), owned by us, mode 0600, with a single link; anything else, or content that does
  * not parse and validate, is ignored, removed and later replaced — never trusted. KEKs are never written here.
+ *
+ * Synchronous fs on purpose: a few calls on one small tmpfs file per process, and neither libuv's thread pool nor
+ * node:fs/promises (a module load of ~2 ms) on the warm path.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { constants } from 'node:fs';
-import { chmod, lstat, mkdir, open, rename, unlink } from 'node:fs/promises';
+import { chmodSync, closeSync, constants, fchmodSync, fstatSync, lstatSync, mkdirSync, openSync, readSync, renameSync, unlinkSync, writeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { TeeKeyAlgorithm, TeeSelection } from '../config/types.js';
 import type { SessionCookie } from './client.js';
@@ -66,9 +68,9 @@ export class TokenCache {
     const dir = opts.dir;
     let state;
     try {
-      await makeDir(dir, 0);
-      state = await inspectCacheDir(dir, uid);
-      if (state.state === 'usable' && (state.mode & 0o777) !== 0o700) await chmod(dir, 0o700);
+      makeDir(dir, 0);
+      state = inspectCacheDir(dir, uid);
+      if (state.state === 'usable' && (state.mode & 0o777) !== 0o700) chmodSync(dir, 0o700);
     } catch (err) {
       opts.onWarning(`token cache disabled: cannot prepare cache.dir ${dir} (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
       return undefined;
@@ -91,12 +93,12 @@ export class TokenCache {
 
   async lookup(scope: CacheScope): Promise<CacheLookup> {
     const file = this.fileFor(scope);
-    const raw = await this.readTrusted(file);
+    const raw = this.readTrusted(file);
     if (raw === undefined) return { state: 'absent' };
     const parsed = parseEntry(raw, scope);
     if (typeof parsed === 'string') {
       this.opts.onWarning(`ignoring token cache file ${file}: ${parsed}; it will be replaced`);
-      await unlink(file).catch(() => undefined);
+      removeQuietly(file);
       return { state: 'absent' };
     }
     const now = (this.opts.now ?? Date.now)();
@@ -124,16 +126,16 @@ export class TokenCache {
     const text = Buffer.from(JSON.stringify(doc), 'utf8');
     const tmp = join(this.opts.dir, `.${randomBytes(8).toString('hex')}.tmp`);
     try {
-      const fh = await open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+      const fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
       try {
-        await fh.chmod(0o600); // independent of the umask
-        await fh.writeFile(text);
+        fchmodSync(fd, 0o600); // independent of the umask
+        for (let off = 0; off < text.length; ) off += writeSync(fd, text, off);
       } finally {
-        await fh.close();
+        closeSync(fd);
       }
-      await rename(tmp, file);
+      renameSync(tmp, file);
     } catch (err) {
-      await unlink(tmp).catch(() => undefined);
+      removeQuietly(tmp);
       this.opts.onWarning(`cannot write the token cache file ${file} (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
     } finally {
       text.fill(0);
@@ -141,10 +143,10 @@ export class TokenCache {
   }
 
   /** The file's bytes if it is a regular file we own with mode 0600; otherwise removes it and returns undefined. */
-  private async readTrusted(file: string): Promise<Buffer | undefined> {
+  private readTrusted(file: string): Buffer | undefined {
     let st;
     try {
-      st = await lstat(file);
+      st = lstatSync(file);
     } catch {
       return undefined;
     }
@@ -161,16 +163,24 @@ export class TokenCache {
               : undefined;
     if (problem !== undefined) return this.reject(file, problem);
     try {
-      const fh = await open(file, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+      const fd = openSync(file, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
       try {
-        const again = await fh.stat();
+        const again = fstatSync(fd);
         // Same inode as the one checked: the file was not swapped between lstat and open.
-        if (again.ino !== st.ino || again.dev !== st.dev || again.uid !== this.uid || (again.mode & 0o777) !== 0o600) {
+        if (again.ino !== st.ino || again.dev !== st.dev || again.uid !== this.uid || (again.mode & 0o777) !== 0o600 || again.size > MAX_FILE_BYTES) {
           return this.reject(file, 'changed while being read');
         }
-        return await fh.readFile();
+        // One byte more than the size: a file that grew after the fstat is refused, not read without a bound.
+        const buf = Buffer.alloc(again.size + 1);
+        let got = 0;
+        for (let n; got < buf.length && (n = readSync(fd, buf, got, buf.length - got, null)) > 0; ) got += n;
+        if (got !== again.size) {
+          buf.fill(0);
+          return this.reject(file, 'changed while being read');
+        }
+        return buf.subarray(0, got);
       } finally {
-        await fh.close();
+        closeSync(fd);
       }
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
@@ -179,10 +189,19 @@ export class TokenCache {
     }
   }
 
-  private async reject(file: string, problem: string): Promise<undefined> {
+  private reject(file: string, problem: string): undefined {
     this.opts.onWarning(`ignoring token cache file ${file}: ${problem}; it will be replaced`);
-    await unlink(file).catch(() => undefined);
+    removeQuietly(file);
     return undefined;
+  }
+}
+
+/** Removes a file we are replacing anyway; one that is already gone (a concurrent process) is fine. */
+function removeQuietly(file: string): void {
+  try {
+    unlinkSync(file);
+  } catch {
+    // gone already, or not ours to remove: the next store replaces it
   }
 }
 
@@ -244,18 +263,20 @@ function parseEntry(raw: Buffer, scope: CacheScope): CachedToken | string {
  * `mkdir -p` without Node's `recursive: true`, which loops forever on some pseudo-filesystems (e.g. a path under
  * /proc answers ENOENT even though its parent exists).
  */
-async function makeDir(dir: string, depth: number): Promise<void> {
+function makeDir(dir: string, depth: number): void {
   try {
-    await mkdir(dir, { mode: 0o700 });
+    mkdirSync(dir, { mode: 0o700 });
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'EEXIST') return;
     const parent = dirname(dir);
     if (code !== 'ENOENT' || parent === dir || depth > 32) throw err;
-    await makeDir(parent, depth + 1);
-    await mkdir(dir, { mode: 0o700 }).catch((again: NodeJS.ErrnoException) => {
-      if (again.code !== 'EEXIST') throw again;
-    });
+    makeDir(parent, depth + 1);
+    try {
+      mkdirSync(dir, { mode: 0o700 });
+    } catch (again) {
+      if ((again as NodeJS.ErrnoException).code !== 'EEXIST') throw again;
+    }
   }
 }
 
