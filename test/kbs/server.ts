@@ -65,6 +65,17 @@ export interface TestKbsCounters {
   resourceOk: number;
 }
 
+/**
+ * Milliseconds the server spent on each kind of request, from its arrival (head parsed) to the last byte of the
+ * answer handed to the socket, summed over requests: the KBS's share of a client's wall time (the bench splits
+ * the attesting layer's time into ours and the KBS's). Transport (TCP, TLS handshakes) is not in it.
+ */
+export interface TestKbsServiceTimes {
+  auth: number;
+  attest: number;
+  resource: number;
+}
+
 export interface TestKbsFaults {
   status503Next: number; // answer the next N requests (any /kbs/v0 endpoint) with 503 (non-JSON body), then normal
   delayMs: number; // delay every /kbs/v0 response
@@ -77,6 +88,7 @@ export interface TestKbsFaults {
 export interface TestKbs {
   url: string;
   counters: TestKbsCounters;
+  serviceMs: TestKbsServiceTimes;
   faults: TestKbsFaults;
   setResource(path: string, bytes: Buffer): void;
   /** Removes a resource (a later GET gets trustee's collapsed 401 PluginInternalError). */
@@ -116,6 +128,7 @@ export async function startTestKbs(opts: TestKbsOptions = {}): Promise<TestKbs> 
   const sessions = new SessionMap();
   const tokens = new TokenAuthority();
   const counters: TestKbsCounters = { auth: 0, attest: 0, attestOk: 0, resource: 0, resourceOk: 0 };
+  const serviceMs: TestKbsServiceTimes = { auth: 0, attest: 0, resource: 0 };
   const faults: TestKbsFaults = {
     status503Next: 0,
     delayMs: 0,
@@ -315,11 +328,12 @@ export async function startTestKbs(opts: TestKbsOptions = {}): Promise<TestKbs> 
     return errorReply(pluginNotFound(plugin));
   }
 
-  function countRequest(method: string, pathname: string): void {
+  /** Counts the request; returns its kind for the service time, if it is one of the three counted. */
+  function countRequest(method: string, pathname: string): keyof TestKbsServiceTimes | undefined {
     const plugin = pathname.slice(KBS_PREFIX.length).split('/')[0];
-    if (plugin === 'auth' && method === 'POST') counters.auth++;
-    else if (plugin === 'attest' && method === 'POST') counters.attest++;
-    else if (plugin === 'resource' && method === 'GET') counters.resource++;
+    const kind = plugin === 'auth' && method === 'POST' ? 'auth' : plugin === 'attest' && method === 'POST' ? 'attest' : plugin === 'resource' && method === 'GET' ? 'resource' : undefined;
+    if (kind !== undefined) counters[kind]++;
+    return kind;
   }
 
   function send(res: http.ServerResponse, reply: Reply): void {
@@ -360,7 +374,11 @@ export async function startTestKbs(opts: TestKbsOptions = {}): Promise<TestKbs> 
       await readBody(req);
       return send(res, { status: 405 });
     }
-    countRequest(method, pathname);
+    const kind = countRequest(method, pathname);
+    if (kind !== undefined) {
+      const arrived = performance.now();
+      res.once('finish', () => (serviceMs[kind] += performance.now() - arrived));
+    }
     const body = await readBody(req);
     if (faults.delayMs > 0) await sleep(faults.delayMs);
     if (stopped) return;
@@ -407,6 +425,7 @@ export async function startTestKbs(opts: TestKbsOptions = {}): Promise<TestKbs> 
   const url = `${opts.tls ? 'https' : 'http'}://${urlHost}:${port}`;
 
   return {
+    serviceMs,
     url,
     counters,
     faults,

@@ -428,6 +428,22 @@ describe('test KBS, protocol 0.4.0', () => {
     expect(Date.now() - t0).toBeGreaterThanOrEqual(240);
   });
 
+  it('sums the time it spends on each kind of request (serviceMs), its delays included, and nothing for other paths', async () => {
+    const before = { ...kbs.serviceMs };
+    const { cookie } = await handshake(kbs, ecKey());
+    expect(kbs.serviceMs.auth).toBeGreaterThan(before.auth);
+    expect(kbs.serviceMs.attest).toBeGreaterThan(before.attest);
+    expect(kbs.serviceMs.resource).toBe(before.resource);
+    kbs.faults.delayMs = 120;
+    const r0 = kbs.serviceMs.resource;
+    expect((await getResource(kbs, 'default/image-kek/k1', { Cookie: cookie })).status).toBe(200);
+    expect(kbs.serviceMs.resource - r0).toBeGreaterThanOrEqual(115);
+    kbs.faults.delayMs = 0;
+    const all = { ...kbs.serviceMs };
+    expect((await fetch(`${kbs.url}/healthz`)).status).toBe(200);
+    expect(kbs.serviceMs).toEqual(all);
+  });
+
   it('answers an oversized body with 413 and serves /healthz', async () => {
     const res = await post(`${kbs.url}/kbs/v0/attest`, 'x'.repeat(2 * 1024 * 1024 + 1));
     expect(res.status).toBe(413);
