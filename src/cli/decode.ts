@@ -273,7 +273,9 @@ async function decodeLayer(args: DecodeArgs, logger: Logger, configs: ConfigSour
           throw asDecryptLayerError(err);
         }
         const schemes = layerKeySchemes(descriptor.annotations);
-        const getKek = schemes.includes('provider.attestation-agent')
+        const needsKbs = schemes.includes('provider.attestation-agent');
+        if (needsKbs && early?.kbs.url !== undefined) (await import('../kbs/http.js')).preloadTransport(early.kbs.url);
+        const getKek = needsKbs
           ? await import('./kek-source.js').then(({ createKekSource, describeKbsStats }) =>
               createKekSource(getConfig, { onWarning: (m) => logger.warn(m), onStats: (st) => logger.debug(describeKbsStats(st)) }),
             )

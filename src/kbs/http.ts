@@ -79,6 +79,15 @@ const RETRYABLE_CODES = new Set([
 ]);
 const USER_AGENT = 'coco-decoder-kbs-client';
 
+/**
+ * Starts loading the https transport for an https KBS without waiting: requiring node:tls sets Node's parse of its
+ * root store going on another thread, which then runs while the caller prepares the layer instead of while the
+ * first request waits for it in `createSecureContext`. A plain-http URL loads nothing.
+ */
+export function preloadTransport(baseUrl: string): void {
+  if (baseUrl.startsWith('https:')) void import('./https-agent.js').catch(() => undefined);
+}
+
 export class KbsHttp {
   readonly counts: KbsRequestCounts = { auth: 0, attest: 0, resource: 0, retries: 0 };
   private constructor(

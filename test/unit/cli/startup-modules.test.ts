@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { locateDecoder } from '../../helpers/decoder-binary.js';
+import { makePki } from '../../helpers/kbs-helpers.js';
 import { privateOptionsJson, wrapForAttestationAgent, wrapJwe } from '../../helpers/encrypt-image.js';
 import { encryptTestLayer, testLayerDescriptor } from '../../helpers/encrypted-layer.js';
 import { runDecoder } from '../../helpers/run-decoder.js';
@@ -79,13 +80,32 @@ describe('what a layer loads', () => {
     for (const m of ['tls', 'https', 'child_process', 'fs/promises', 'timers/promises']) expect(warm.has(m), m).toBe(false);
   });
 
-  it('a local-key (JWE) layer loads no network module at all', async () => {
+  it('a layer from an https KBS (kbs.cert) decrypts cold and warm; warm, it loads node:tls but still neither child_process nor fs/promises', async () => {
+    const pki = makePki(mkdtempSync(join(dir, 'pki-')));
+    const tlsKbs = await startTestKbs({ resources: { 'default/image-kek/startup': KEK }, tls: { cert: pki.certPem, key: pki.keyPem } });
+    try {
+      const config = join(dir, 'aa-https.toml');
+      writeFileSync(config, `[kbs]\nurl = "${tlsKbs.url}"\ncert = "${pki.caFile}"\n[attestation]\ntee = "sample"\n[cache]\ndir = "${join(dir, 'cache-https')}"\n`);
+      const wrap = (l: { key: Buffer; nonce: Buffer }): Record<string, string> => ({
+        [AA]: Buffer.from(wrapForAttestationAgent(privateOptionsJson(l.key, '', l.nonce), KID, KEK)).toString('base64'),
+      });
+      await modulesOf(wrap, config);
+      const warm = await modulesOf(wrap, config);
+      expect(tlsKbs.counters).toMatchObject({ attest: 1, resource: 2 });
+      for (const m of ['tls', 'https']) expect(warm.has(m), m).toBe(true);
+      for (const m of ['child_process', 'fs/promises']) expect(warm.has(m), m).toBe(false);
+    } finally {
+      await tlsKbs.stop();
+    }
+  });
+
+  it('a local-key (JWE) layer loads no network module at all, though the node has an https KBS configured', async () => {
     const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
     const keys = join(dir, 'keys');
     mkdirSync(keys, { recursive: true });
     writeFileSync(join(keys, 'k.pem'), privateKey.export({ format: 'pem', type: 'pkcs8' }));
-    const config = join(dir, 'empty.toml');
-    writeFileSync(config, '');
+    const config = join(dir, 'kbs-configured.toml');
+    writeFileSync(config, '[kbs]\nurl = "https://kbs.invalid:8080"\n');
     const pem = publicKey.export({ format: 'pem', type: 'spki' }) as string;
     const loaded = await modulesOf(async (l) => ({ [JWE]: Buffer.from(await wrapJwe(privateOptionsJson(l.key, '', l.nonce), [pem])).toString('base64') }), config, [
       '--decryption-keys-path',
