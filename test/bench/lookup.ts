@@ -4,10 +4,8 @@
  * registry and containerd (the E2E harness) hold the images: pushed with skopeo, pulled through CRI (which also
  * checks that they decrypt), then the decoder is run by hand against that containerd's socket.
  */
-import { startContainerd, type Containerd } from '../e2e/harness/containerd.js';
-import { CriImageClient } from '../e2e/harness/cri.js';
-import { startRegistry, type Registry } from '../e2e/harness/registry.js';
-import { pushOciLayout } from '../e2e/harness/skopeo.js';
+import type { Containerd } from '../e2e/harness/containerd.js';
+import { startStack } from '../e2e/harness/stack.js';
 import { runDecoder, type RunDecoderResult } from '../helpers/run-decoder.js';
 import type { Descriptor } from '../helpers/oci-image.js';
 
@@ -28,36 +26,24 @@ export interface LookupBench {
 }
 
 export async function startLookupBench(o: { decoder: string; args: string[]; env: NodeJS.ProcessEnv; images: LookupImage[] }): Promise<LookupBench> {
-  // (Not the harness's startStack: its module registers vitest hooks.)
-  const registry: Registry = await startRegistry();
-  let containerd: Containerd | undefined;
-  const stop = async (): Promise<void> => {
-    await Promise.allSettled([containerd?.stop(), registry.stop()]);
-  };
+  const stack = await startStack({ decoderPath: o.decoder, args: o.args });
   try {
-    containerd = await startContainerd({ decoderPath: o.decoder, args: o.args, insecureRegistries: [registry.host], avoidPorts: new Set([registry.port]) });
-    const cri = new CriImageClient(containerd.socket);
-    try {
-      for (const [i, img] of o.images.entries()) {
-        const ref = await pushOciLayout(img.dir, { registry: registry.host, repo: `bench-${i}`, srcTag: img.tag, timeoutMs: 300_000 });
-        // The real pull: containerd stores the manifest and the blob, and our decoder unpacks it.
-        await cri.pullImage(ref, { deadlineMs: 300_000 });
-      }
-    } finally {
-      cri.close();
+    for (const [i, img] of o.images.entries()) {
+      const ref = await stack.push(img.dir, `bench-${i}`, undefined, { srcTag: img.tag, timeoutMs: 300_000 });
+      // The real pull: containerd stores the manifest and the blob, and our decoder unpacks it.
+      await stack.cri.pullImage(ref, { deadlineMs: 300_000 });
     }
   } catch (err) {
-    await stop();
+    await stack.stop().catch(() => undefined);
     throw err;
   }
-  const stack = containerd;
   return {
-    containerd,
+    containerd: stack.containerd,
     run: (img, via, opts = {}) =>
       runDecoder({
         binary: o.decoder,
         args: o.args,
-        env: { ...o.env, CONTAINERD_ADDRESS: stack.socket },
+        env: { ...o.env, CONTAINERD_ADDRESS: stack.containerd.socket },
         descriptor: img.layer,
         payload: via === 'lookup' ? null : undefined,
         input: img.input,
@@ -65,6 +51,6 @@ export async function startLookupBench(o: { decoder: string; args: string[]; env
         measure: opts.measure,
         timeoutMs: 300_000,
       }),
-    stop,
+    stop: () => stack.stop(),
   };
 }
