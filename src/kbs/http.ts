@@ -93,7 +93,7 @@ export class KbsHttp {
   private constructor(
     private readonly opts: KbsHttpOptions,
     private readonly agent: http.Agent,
-    /** `http.request`, or `https.request` for an https KBS reached directly. */
+    /** `http.request` (an http KBS, directly or through an HTTP proxy), or `https.request` (an https KBS). */
     private readonly request: typeof http.request,
     /** A plain-http KBS behind an HTTP proxy: requests go to the proxy with the absolute URL. */
     private readonly httpProxy: URL | undefined,
@@ -108,7 +108,7 @@ export class KbsHttp {
     const retry = opts.retry ?? DEFAULT_RETRY;
     if (base.protocol !== 'https:') return new KbsHttp(opts, new http.Agent(agentOpts), http.request, proxy, retry);
     const { httpsTransport } = await import('./https-agent.js');
-    const { agent, request } = httpsTransport({ certPath: opts.certPath, certOnly: opts.certOnly === true, proxy, timeoutMs: opts.timeoutMs, agentOptions: agentOpts });
+    const { agent, request } = httpsTransport({ certPath: opts.certPath, certOnly: opts.certOnly === true, proxy, agentOptions: agentOpts });
     // Through a proxy the agent tunnels (CONNECT) and the request itself is an ordinary https one.
     return new KbsHttp(opts, agent, request, undefined, retry);
   }
@@ -177,9 +177,8 @@ export class KbsHttp {
     const options: http.RequestOptions = viaProxy
       ? { host: viaProxy.hostname, port: viaProxy.port || 80, path: target.href, headers: { ...headers, host: target.host, ...proxyAuthorization(viaProxy) } }
       : { host: target.hostname, port: target.port || (target.protocol === 'https:' ? 443 : 80), path: `${target.pathname}${target.search}`, headers };
-    const send = viaProxy ? http.request : this.request;
     return new Promise((resolve, reject) => {
-      const r = send({ ...options, method, agent: this.agent, signal, ...(body === undefined ? {} : { headers: { ...options.headers, 'content-length': String(Buffer.byteLength(body)) } }) });
+      const r = this.request({ ...options, method, agent: this.agent, signal, ...(body === undefined ? {} : { headers: { ...options.headers, 'content-length': String(Buffer.byteLength(body)) } }) });
       r.once('response', resolve);
       r.once('error', reject);
       r.end(body);

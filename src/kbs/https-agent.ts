@@ -19,15 +19,15 @@ export interface HttpsTransportOptions {
   certOnly: boolean;
   /** From HTTPS_PROXY/NO_PROXY for this KBS, if any. */
   proxy: URL | undefined;
-  timeoutMs: number;
-  agentOptions: https.AgentOptions;
+  /** `timeout` is the per-request deadline; a proxy's CONNECT gets the same. */
+  agentOptions: https.AgentOptions & { timeout: number };
 }
 
 /** The agent (direct, or tunnelling through the proxy) and the request function for an https KBS. */
 export function httpsTransport(opts: HttpsTransportOptions): { agent: https.Agent; request: typeof https.request } {
   const secureContext = trustFor(opts.certPath, opts.certOnly);
   const agentOptions = { ...opts.agentOptions, ...(secureContext ? { secureContext } : {}) };
-  const agent = opts.proxy ? new TunnelAgent(opts.proxy, opts.timeoutMs, agentOptions) : new https.Agent(agentOptions);
+  const agent = opts.proxy ? new TunnelAgent(opts.proxy, agentOptions.timeout, agentOptions) : new https.Agent(agentOptions);
   return { agent, request: https.request };
 }
 

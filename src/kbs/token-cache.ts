@@ -97,8 +97,7 @@ export class TokenCache {
     if (raw === undefined) return { state: 'absent' };
     const parsed = parseEntry(raw, scope);
     if (typeof parsed === 'string') {
-      this.opts.onWarning(`ignoring token cache file ${file}: ${parsed}; it will be replaced`);
-      removeQuietly(file);
+      this.reject(file, parsed);
       return { state: 'absent' };
     }
     const now = (this.opts.now ?? Date.now)();

@@ -50,7 +50,7 @@ async function modulesOf(annotations: (l: { key: Buffer; nonce: Buffer }) => Rec
   const r = await runDecoder({
     binary,
     args,
-    env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin', COCO_DECODER_CONFIG: config, NODE_OPTIONS: `--require ${preload}`, MODULES_TO: out },
+    env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin', COCO_DECODER_CONFIG: config, NODE_OPTIONS: `--require "${preload}"`, MODULES_TO: out },
     descriptor: testLayerDescriptor(c, await annotations(c)),
     input: c.ciphertext,
     output: 'buffer',
